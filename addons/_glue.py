@@ -1,0 +1,63 @@
+"""Small adapters between mitmproxy flows and the core, shared by the addons."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy import http
+
+from iron_runtime import errors
+from iron_runtime.errors import ApiShape, RouterError
+from iron_runtime.headers import REQUEST_ID
+
+logger = logging.getLogger("iron_runtime")
+
+META = "iron"
+
+
+def meta(flow: http.HTTPFlow) -> dict[str, Any]:
+    """The per-flow facts of iron_runtime (``flow.metadata["iron"]``), created on first use."""
+    m = flow.metadata.get(META)
+    if m is None:
+        m = flow.metadata[META] = {}
+    return m
+
+
+def answer_error(flow: http.HTTPFlow, err: RouterError, shape: ApiShape | None = None) -> None:
+    """Answer the flow locally with ``err`` in the client's API shape."""
+    m = meta(flow)
+    shape = shape or ApiShape(m.get("shape", ApiShape.OPENAI))
+    flow.response = http.Response.make(
+        err.status,
+        err.body(shape),
+        {"content-type": "application/json", REQUEST_ID: m.get("request_id", "")},
+    )
+    m["error"] = {"status": err.status, "type": err.type, "code": err.code, "message": err.message}
+
+
+def fail_closed(hook: Callable) -> Callable:
+    """An exception in a hook answers a 500 JSON error instead of letting the request through
+    unmodified (mitmproxy's default); once the response is on its way, the flow is killed."""
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, flow: http.HTTPFlow) -> Any:
+        try:
+            return hook(self, flow)
+        except Exception:
+            logger.exception("iron_runtime: %s.%s failed", type(self).__name__, hook.__name__)
+            if hook.__name__ in ("request", "requestheaders"):
+                answer_error(
+                    flow,
+                    errors.internal_error(
+                        "The router failed while handling this request, which was not "
+                        "forwarded. The router's log has the details."
+                    ),
+                )
+            elif flow.live and not flow.error:
+                flow.kill()
+            return None
+
+    return wrapper

@@ -1,0 +1,70 @@
+"""Admin endpoint of the launcher: ``/_iron/...`` on the router's own port, guarded by a
+random secret that only the launching process holds (never the agent's IC token).
+
+Without the secret every ``/_iron/`` path answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+
+from mitmproxy import ctx, http
+
+from iron_runtime import errors
+
+from ._glue import answer_error, fail_closed, meta
+
+ADMIN_PREFIX = "/_iron/"
+ADMIN_HEADER = "x-iron-admin-secret"
+
+
+class Admin:
+    def __init__(self) -> None:
+        self.secret = b""
+        self.started = time.time()
+        self.forwarded = 0
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "iron_admin_secret", str, "",
+            "Secret guarding the /_iron/ admin endpoint; empty disables it.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "iron_admin_secret" in updated:
+            self.secret = ctx.options.iron_admin_secret.encode()
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or not flow.request.path.startswith(ADMIN_PREFIX):
+            return
+        m = meta(flow)
+        m["local"] = "admin"
+        presented = flow.request.headers.get(ADMIN_HEADER, "").encode()
+        if not self.secret or not hmac.compare_digest(presented, self.secret):
+            return answer_error(flow, errors.not_found("No such endpoint."))
+        command = flow.request.path[len(ADMIN_PREFIX):].partition("?")[0]
+        if command == "status" and flow.request.method == "GET":
+            return self._reply(flow, self.status())
+        return answer_error(flow, errors.not_found(f"Unknown admin command {command!r}."))
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        m = flow.metadata.get("iron")
+        if m is not None and "upstream" in m:
+            self.forwarded += 1
+
+    def status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "forwarded": self.forwarded,
+        }
+
+    @staticmethod
+    def _reply(flow: http.HTTPFlow, body: dict) -> None:
+        flow.response = http.Response.make(
+            200, json.dumps(body), {"content-type": "application/json"}
+        )

@@ -1,0 +1,259 @@
+"""Router addon: health check, IC-token authentication, routing, real-key injection,
+header policy and SSE pass-through (SPEC §4)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+import uuid
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.net.http import http1
+from mitmproxy.proxy.layers.http import _http1
+
+from iron_runtime import errors, routing
+from iron_runtime.errors import ApiShape
+from iron_runtime.headers import (
+    REQUEST_ID,
+    mask_upstream_credentials,
+    prepare_client_response,
+    prepare_upstream_request,
+)
+from iron_runtime.keys import ProviderKeys, mask_secret
+from iron_runtime.payload import model_of, parse_json_body
+from iron_runtime.providers import Provider, default_upstream
+from iron_runtime.upstreams import Upstream
+
+from ._glue import answer_error, fail_closed, meta
+
+logger = logging.getLogger("iron_runtime")
+
+DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
+HEALTH_TEXT = b"LlmRouter OK"
+
+
+def _secret_option(value: str, option: str) -> str:
+    """Option values of the form ``env:NAME`` are read from the environment (so that the key
+    itself never sits in mitmproxy's option list, which mitmweb displays)."""
+    if value.startswith("env:"):
+        name = value[4:]
+        resolved = os.environ.get(name)
+        if not resolved:
+            raise exceptions.OptionsError(f"{option}: environment variable {name} is not set")
+        return resolved
+    return value
+
+
+def _json_error_page(status_code: int, message: str = "") -> bytes:
+    """JSON instead of mitmproxy's HTML page for errors raised inside the proxy core
+    (provider unreachable, connection dropped, malformed HTTP), so SDKs can read them."""
+    if status_code in (502, 504):
+        type_, text = (
+            "iron_cage_upstream_error",
+            f"The router could not get an answer from the provider: {message}",
+        )
+    elif status_code == 413:
+        type_, text = "invalid_request_error", f"Request body too large: {message}"
+    else:
+        type_, text = "invalid_request_error", f"Malformed request: {message}"
+    resp = http.Response.make(
+        status_code,
+        errors.universal_error_body(status_code, type_, text),
+        {"content-type": "application/json", "connection": "close"},
+    )
+    return http1.assemble_response(resp)
+
+
+class Router:
+    def __init__(self) -> None:
+        self.token = "direct"
+        self.keys = ProviderKeys({})
+        self.upstreams: dict[Provider, Upstream] = {}
+        self.body_limit = DEFAULT_BODY_LIMIT
+        self.key_note = ""
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "iron_token", str, "direct",
+            "Token agents present to the router (Authorization: Bearer or x-api-key).",
+        )
+        loader.add_option(
+            "iron_provider_key", str, "",
+            "Real provider key; its provider is detected (sk-ant-... is Anthropic). "
+            "'env:NAME' reads it from an environment variable.",
+        )
+        loader.add_option("iron_openai_key", str, "", "Real OpenAI key (or env:NAME).")
+        loader.add_option("iron_anthropic_key", str, "", "Real Anthropic key (or env:NAME).")
+        loader.add_option(
+            "iron_openai_upstream", str, "",
+            "OpenAI base URL (default: $IRON_OPENAI_BASE_URL or https://api.openai.com).",
+        )
+        loader.add_option(
+            "iron_anthropic_upstream", str, "",
+            "Anthropic base URL (default: $IRON_ANTHROPIC_BASE_URL or https://api.anthropic.com).",
+        )
+        loader.add_option(
+            "iron_body_limit", int, DEFAULT_BODY_LIMIT, "Largest request body accepted, in bytes."
+        )
+        loader.add_option(
+            "iron_key_note", str, "",
+            "Why no key is available yet (answered as 503 to requests that need one).",
+        )
+        _http1.make_error_response = _json_error_page
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "iron_token" in updated:
+            if not opts.iron_token:
+                raise exceptions.OptionsError("iron_token must not be empty")
+            self.token = _secret_option(opts.iron_token, "iron_token")
+        if updated & {"iron_provider_key", "iron_openai_key", "iron_anthropic_key"}:
+            self.keys = ProviderKeys.from_arguments(
+                _secret_option(opts.iron_provider_key, "iron_provider_key"),
+                {
+                    "openai": _secret_option(opts.iron_openai_key, "iron_openai_key"),
+                    "anthropic": _secret_option(opts.iron_anthropic_key, "iron_anthropic_key"),
+                },
+            )
+        if updated & {"iron_openai_upstream", "iron_anthropic_upstream"}:
+            try:
+                self.upstreams = {
+                    Provider.OPENAI: Upstream.parse(
+                        opts.iron_openai_upstream or default_upstream(Provider.OPENAI)
+                    ),
+                    Provider.ANTHROPIC: Upstream.parse(
+                        opts.iron_anthropic_upstream or default_upstream(Provider.ANTHROPIC)
+                    ),
+                }
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from None
+        if "iron_body_limit" in updated:
+            if opts.iron_body_limit <= 0:
+                raise exceptions.OptionsError("iron_body_limit must be a positive byte count")
+            self.body_limit = opts.iron_body_limit
+        if "iron_key_note" in updated:
+            self.key_note = opts.iron_key_note
+        if updated & {"listen_host", "iron_token"}:
+            self._check_exposure(opts.listen_host)
+        if "mode" in updated and not all(m.startswith("reverse:") for m in opts.mode):
+            # Agents talk to the router as to an API server (origin-form requests), which
+            # only reverse-proxy mode accepts; the target is replaced per request anyway.
+            opts.update(mode=[f"reverse:{self.upstreams[Provider.OPENAI].url}"])
+        if "connection_strategy" in updated and opts.connection_strategy != "lazy":
+            # "eager" would connect to the reverse target before any hook runs.
+            opts.update(connection_strategy="lazy")
+
+    def _check_exposure(self, host: str) -> None:
+        if not host or host == "localhost":
+            local = host == "localhost"
+        else:
+            try:
+                local = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = False
+        if not local and self.token == "direct":
+            raise exceptions.OptionsError(
+                f"Refusing to listen on {host or 'all interfaces'} with the default token "
+                "'direct': set iron_token to a secret, or listen on 127.0.0.1."
+            )
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error:
+            return
+        req = flow.request
+        m = meta(flow)
+        m.setdefault("request_id", uuid.uuid4().hex)
+        m.setdefault("started", time.time())
+        if req.path in ("/", "") and req.method in ("GET", "HEAD"):
+            flow.response = http.Response.make(
+                200, HEALTH_TEXT, {"content-type": "text/plain", REQUEST_ID: m["request_id"]}
+            )
+            m["local"] = "health"
+            return
+
+        shape = routing.client_shape(req.path, req.headers)
+        m["shape"] = shape.value
+        if not routing.token_matches(req.headers, self.token):
+            return answer_error(flow, errors.bad_token())
+
+        size = len(req.raw_content or b"")
+        if size > self.body_limit:
+            return answer_error(flow, errors.too_large(size, self.body_limit))
+        try:
+            payload = parse_json_body(req.raw_content or b"", req.headers.get("content-type", ""))
+            model = model_of(payload)
+        except errors.RouterError as e:
+            return answer_error(flow, e)
+
+        r = routing.route(req.method, req.path, req.headers, model)
+        m.update(provider=r.provider.value, model=model, route=r.by, shape=r.shape.value)
+        m["stream"] = bool(payload and payload.get("stream"))
+        flow.comment = f"{model or req.path} → {r.provider.value}"
+        if r.gateway:
+            m["translated"] = True
+            return answer_error(
+                flow,
+                errors.RouterError(
+                    501, "invalid_request_error", "not_implemented",
+                    "Claude models through the OpenAI chat.completions API are not served by "
+                    "this router version; call /v1/messages with the Anthropic SDK.",
+                ),
+            )
+
+        key = self.keys.get(r.provider)
+        if key is None:
+            if self.key_note:
+                return answer_error(flow, errors.key_unavailable(503, self.key_note))
+            return answer_error(
+                flow,
+                errors.key_unavailable(
+                    403,
+                    f"The router holds no {r.provider.value} key. Start it with "
+                    f"provider_keys={{'{r.provider.value}': ...}} "
+                    f"(or --set iron_{r.provider.value}_key=...).",
+                ),
+            )
+        upstream = self.upstreams[r.provider]
+        req.scheme, req.host, req.port = upstream.scheme, upstream.host, upstream.port
+        req.path = upstream.base_path + r.path
+        prepare_upstream_request(req.headers, r.provider, key)
+        m["upstream"] = upstream.url
+
+    def _mask(self, flow: http.HTTPFlow) -> None:
+        provider = meta(flow).get("provider")
+        key = self.keys.get(Provider(provider)) if provider else None
+        if key:
+            mask_upstream_credentials(flow.request.headers, mask_secret(key))
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        m = flow.metadata.get("iron")
+        if m is None or "upstream" not in m:
+            return
+        self._mask(flow)
+        resp = flow.response
+        prepare_client_response(resp.headers, m["request_id"])
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            resp.stream = True
+            m["stream"] = True
+
+    @fail_closed
+    def response(self, flow: http.HTTPFlow) -> None:
+        m = flow.metadata.get("iron")
+        if m is None:
+            return
+        if "upstream" in m:
+            self._mask(flow)  # responseheaders does it too; kept for flows loaded from files
+        m["status"] = flow.response.status_code
+        m["latency_ms"] = round((time.time() - m.get("started", time.time())) * 1000, 1)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        m = flow.metadata.get("iron")
+        if m is None:
+            return
+        if "upstream" in m:
+            self._mask(flow)
+        m["error"] = {"message": flow.error.msg if flow.error else "unknown"}

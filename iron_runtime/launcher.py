@@ -1,0 +1,284 @@
+"""``LlmRouter``: starts the router in a child process and controls it.
+
+mitmproxy keeps process-wide state (``ctx.master``, ``ctx.options``), so each router gets a
+process of its own; that also keeps the proxy off the agent's GIL. The child learns its
+configuration over a pipe, reports its port, and exits when the pipe closes: on ``stop()``,
+when the router is garbage-collected, at interpreter exit, or when this process dies.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import selectors
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .keys import ProviderKeys
+from .providers import Provider, default_upstream, detect_provider
+from .upstreams import Upstream
+
+MISSING_ARGUMENTS = (
+    "Either 'provider_key' or both 'api_key' and 'server_url' must be provided. "
+    "Use provider_key + api_key + server_url for direct mode with analytics sync "
+    "(or provider_keys={'openai': ..., 'anthropic': ...} to serve both providers)."
+)
+STOPPED = "Router is stopped"
+DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
+
+
+def default_state_dir() -> Path:
+    """``$IRON_STATE_DIR``, else ``$XDG_STATE_HOME/iron-runtime``, else ``~/.local/state/...``."""
+    if env := os.environ.get("IRON_STATE_DIR"):
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "iron-runtime"
+
+
+class RouterStartError(RuntimeError):
+    """The router process could not start (port taken, bad option, ...)."""
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Close the child's stdin (its signal to stop cleanly) and wait; force it if it hangs."""
+    if proc.poll() is None:
+        try:
+            if proc.stdin:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            if stream:
+                stream.close()
+        except OSError:
+            pass
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
+    """The first line the child writes on stdout, within ``timeout`` seconds."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise RouterStartError(f"router process did not start within {timeout:.0f} s")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RouterStartError(
+                    f"router process exited during start-up (code {proc.wait()}); "
+                    "its log is on stderr"
+                )
+            buf += chunk
+    return buf.partition(b"\n")[0]
+
+
+class LlmRouter:
+    """A local LLM router (drop-in for ``iron_cage.LlmRouter``).
+
+    Point an OpenAI SDK at ``base_url`` and an Anthropic SDK at ``base_url`` too, both with
+    ``api_key=router.api_key``; the router injects the real provider key.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        server_url: str | None = None,
+        cache_ttl_seconds: int = 300,
+        budget: float | None = None,
+        provider_key: str | None = None,
+        *,
+        provider_keys: Mapping[str, str] | None = None,
+        upstreams: Mapping[str, str] | None = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        state_dir: str | os.PathLike[str] | None = None,
+        body_limit: int = DEFAULT_BODY_LIMIT,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if provider_key is None and not provider_keys and (api_key is None or server_url is None):
+            raise ValueError(MISSING_ARGUMENTS)
+        if budget is not None:
+            raise NotImplementedError(
+                "budget enforcement is not available in this version of iron_runtime; "
+                "refusing to start rather than run without the limit you asked for"
+            )
+        if cache_ttl_seconds < 0:
+            raise ValueError("cache_ttl_seconds must be >= 0")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {port}")
+        self._api_key = api_key if api_key is not None else "direct"
+        self._server_url = server_url or ""
+        keys = ProviderKeys.from_arguments(provider_key, provider_keys)
+        if provider_key:
+            self._provider = detect_provider(provider_key).value
+        elif keys:
+            self._provider = keys.providers()[0].value
+        else:
+            self._provider = "unknown"
+
+        resolved: dict[Provider, Upstream] = {}
+        for provider in Provider:
+            url = (upstreams or {}).get(provider.value) or default_upstream(provider)
+            resolved[provider] = Upstream.parse(url)
+        unknown = set(upstreams or {}) - {p.value for p in Provider}
+        if unknown:
+            raise ValueError(f"upstreams: unknown provider(s) {sorted(unknown)}")
+
+        self._state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        (self._state_dir / "certs").mkdir(parents=True, exist_ok=True)
+        self._admin_secret = secrets.token_urlsafe(32)
+        self._host = host
+        options: dict[str, Any] = {
+            "mode": [f"reverse:{resolved[Provider.OPENAI].url}"],
+            "listen_host": host,
+            "listen_port": port,
+            "confdir": str(self._state_dir / "certs"),
+            "iron_token": self._api_key,
+            "iron_openai_key": keys.get(Provider.OPENAI) or "",
+            "iron_anthropic_key": keys.get(Provider.ANTHROPIC) or "",
+            "iron_openai_upstream": resolved[Provider.OPENAI].url,
+            "iron_anthropic_upstream": resolved[Provider.ANTHROPIC].url,
+            "iron_admin_secret": self._admin_secret,
+            "iron_body_limit": body_limit,
+        }
+        if not keys:
+            options["iron_key_note"] = (
+                "This router was started in server mode, and fetching provider keys from "
+                "the Iron Cage server is not available in this version; start it with "
+                "provider_key= or provider_keys=."
+            )
+
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iron_runtime.proxy_process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        self._proc = proc
+        self._finalizer = weakref.finalize(self, _stop_process, proc)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(options).encode() + b"\n")
+            proc.stdin.flush()
+            reply = json.loads(_read_line(proc, startup_timeout))
+        except BaseException:
+            self._finalizer()
+            raise
+        if "error" in reply:
+            self._finalizer()
+            raise RouterStartError(f"router failed to start: {reply['error']}")
+        self._port: int = reply["port"]
+        self.startup_seconds = time.perf_counter() - started
+        self._stopped = False
+
+    # -- properties of the original ------------------------------------------------------
+
+    def _live(self) -> None:
+        if self._stopped:
+            raise RuntimeError(STOPPED)
+
+    @property
+    def base_url(self) -> str:
+        self._live()
+        host = self._host
+        if host in ("", "0.0.0.0", "::", "localhost"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self._port}/v1"
+
+    @property
+    def api_key(self) -> str:
+        self._live()
+        return self._api_key
+
+    @property
+    def port(self) -> int:
+        self._live()
+        return self._port
+
+    @property
+    def provider(self) -> str:
+        self._live()
+        return self._provider
+
+    @property
+    def is_running(self) -> bool:
+        return not self._stopped and self._proc.poll() is None
+
+    @property
+    def budget(self) -> float | None:
+        return None
+
+    @property
+    def budget_status(self) -> tuple[float, float] | None:
+        return None
+
+    def total_spent(self) -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        """Stop the router process and wait for it; calling it again does nothing."""
+        if getattr(self, "_stopped", True):
+            return
+        self._stopped = True
+        self._finalizer()
+
+    def __enter__(self) -> LlmRouter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        if self._stopped:
+            return "<LlmRouter stopped>"
+        return f"<LlmRouter {self.base_url} provider={self._provider}>"
+
+    # -- admin channel --------------------------------------------------------------------
+
+    def _admin(self, method: str, command: str, body: dict | None = None) -> dict:
+        self._live()
+        conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=10)
+        try:
+            conn.request(
+                method,
+                f"/_iron/{command}",
+                body=json.dumps(body) if body is not None else None,
+                headers={"x-iron-admin-secret": self._admin_secret,
+                         "content-type": "application/json"},
+            )
+            resp = conn.getresponse()
+            data = json.loads(resp.read() or b"{}")
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise RuntimeError(f"router admin {command} failed: {resp.status} {data}")
+        return data
+
+    @property
+    def pid(self) -> int:
+        """Process id of the router process."""
+        return self._proc.pid

@@ -1,0 +1,107 @@
+"""Which provider a request goes to, on which path, and in which API shape errors are told.
+
+Rules, in order:
+
+* a first path segment ``openai`` or ``anthropic`` picks the provider and is removed
+  (whole segment only: ``/anthropicfoo`` is not a prefix);
+* otherwise the JSON body's ``model``: a name starting with ``claude`` goes to Anthropic,
+  anything else to OpenAI;
+* ``POST .../chat/completions`` that lands on Anthropic goes through the gateway, which
+  translates it to ``/v1/messages``; everything else is forwarded as it is.
+
+A doubled ``/v1/v1/`` (an Anthropic SDK given ``router.base_url``, which already ends in
+``/v1``) is read as one ``/v1/``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import ApiShape
+from .providers import Provider
+
+_PREFIXES = {"openai": Provider.OPENAI, "anthropic": Provider.ANTHROPIC}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: Provider
+    path: str  # path (with query) to send upstream, before any gateway rewrite
+    gateway: bool  # OpenAI chat.completions for a Claude model: needs translation
+    shape: ApiShape  # the API the client speaks, for local error answers
+    by: str  # "prefix", "model" or "default": why this provider was chosen
+
+
+def split_provider_prefix(path: str) -> tuple[Provider | None, str]:
+    """``/anthropic/v1/messages`` → (anthropic, ``/v1/messages``); other paths unchanged."""
+    bare, sep, query = path.partition("?")
+    segment, slash, rest = bare.lstrip("/").partition("/")
+    provider = _PREFIXES.get(segment)
+    if provider is None:
+        return None, path
+    remainder = "/" + rest if slash else "/"
+    return provider, remainder + (sep + query if sep else "")
+
+
+def normalize_path(path: str) -> str:
+    if path.startswith("/v1/v1/") or path == "/v1/v1":
+        return path[3:]
+    return path
+
+
+def is_chat_completions(path: str) -> bool:
+    return path.partition("?")[0].rstrip("/").endswith("/chat/completions")
+
+
+def is_messages(path: str) -> bool:
+    return path.partition("?")[0].rstrip("/").endswith("/v1/messages")
+
+
+def client_shape(path: str, headers: Mapping[str, str]) -> ApiShape:
+    """The API the client speaks: Anthropic for its paths or its SDK's headers."""
+    provider, rest = split_provider_prefix(normalize_path(path))
+    if provider is Provider.ANTHROPIC and not is_chat_completions(rest):
+        return ApiShape.ANTHROPIC
+    if provider is None and (is_messages(rest) or "anthropic-version" in headers):
+        return ApiShape.ANTHROPIC
+    return ApiShape.OPENAI
+
+
+def route(method: str, path: str, headers: Mapping[str, str], model: str | None) -> Route:
+    prefix_provider, rest = split_provider_prefix(normalize_path(path))
+    rest = normalize_path(rest)
+    if prefix_provider is not None:
+        provider, by = prefix_provider, "prefix"
+    elif model is not None:
+        by = "model"
+        provider = Provider.ANTHROPIC if model.startswith("claude") else Provider.OPENAI
+    else:
+        provider, by = Provider.OPENAI, "default"
+    gateway = (
+        provider is Provider.ANTHROPIC and method.upper() == "POST" and is_chat_completions(rest)
+    )
+    shape = ApiShape.OPENAI if gateway else client_shape(path, headers)
+    return Route(provider=provider, path=rest, gateway=gateway, shape=shape, by=by)
+
+
+def presented_token(headers: Mapping[str, str]) -> str | None:
+    """The token the client presents, from ``Authorization: Bearer`` or ``x-api-key``."""
+    auth = headers.get("authorization")
+    if auth and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return headers.get("x-api-key")
+
+
+def token_matches(headers: Mapping[str, str], token: str) -> bool:
+    """Constant-time check of the client's token against the router's."""
+    expected = token.encode()
+    ok = False
+    auth = headers.get("authorization")
+    if auth is not None and auth[:7].lower() == "bearer ":
+        ok |= hmac.compare_digest(auth[7:].strip().encode(), expected)
+    api_key = headers.get("x-api-key")
+    if api_key is not None:
+        ok |= hmac.compare_digest(api_key.strip().encode(), expected)
+    return ok

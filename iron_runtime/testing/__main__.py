@@ -1,0 +1,39 @@
+"""Run an emulator in its own process: ``python -m iron_runtime.testing openai --port 9001``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from .anthropic_emulator import AnthropicEmulator
+from .openai_emulator import OpenAIEmulator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m iron_runtime.testing")
+    parser.add_argument("provider", choices=["openai", "anthropic"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--reply", default=None, help="fixed reply text")
+    args = parser.parse_args()
+    cls = OpenAIEmulator if args.provider == "openai" else AnthropicEmulator
+    kw = {"api_key": args.api_key} if args.api_key else {}
+    emu = cls(host=args.host, port=args.port, record=False, **kw)
+    emu.reply_text = args.reply
+
+    async def run() -> None:
+        await emu._listen()
+        print(f"{args.provider} emulator listening on {emu.url}", flush=True)
+        assert emu._server is not None
+        async with emu._server:
+            await emu._server.serve_forever()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Emulator of the OpenAI API: ``/v1/chat/completions`` (JSON and SSE), ``/v1/models``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+from .emulator import Emulator, RecordedRequest, Reply, sse
+from .script import arguments_for, chosen_tool, count_tokens, reply_words, text_of
+
+_ids = itertools.count(1)
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error",
+           code: str | None = None, param: str | None = None) -> Reply:
+    return Reply(status, {"error": {"message": message, "type": type_, "param": param,
+                                    "code": code}})
+
+
+class OpenAIEmulator(Emulator):
+    name = "openai"
+
+    def __init__(self, api_key: str = "sk-test-openai-0123456789", **kw: Any) -> None:
+        super().__init__(api_key, **kw)
+        self.reply_text: str | None = None
+        self.cached_tokens = 0
+
+    def handle(self, request: RecordedRequest) -> Reply:
+        path = request.path.partition("?")[0]
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided.", code="invalid_api_key")
+        if path == "/v1/models" and request.method == "GET":
+            return Reply(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": "emulator"}
+                for m in ("gpt-4o", "gpt-4o-mini", "gpt-5-mini")]})
+        if path != "/v1/chat/completions" or request.method != "POST":
+            return _error(404, f"Unknown request URL: {request.method} {path}.",
+                          code="unknown_url")
+        fault = self.next_fault()
+        try:
+            body = json.loads(request.body)
+        except ValueError:
+            return _error(400, "We could not parse the JSON body of your request.")
+        if not isinstance(body, dict):
+            return _error(400, "Request body must be a JSON object.")
+        reply = self._chat(body)
+        reply.fault = fault
+        reply.headers.update({
+            "x-request-id": f"req_emu_{next(_ids)}",
+            "openai-processing-ms": "1",
+            "x-ratelimit-remaining-requests": "9999",
+        })
+        return reply
+
+    def _chat(self, body: dict[str, Any]) -> Reply:
+        model = body.get("model")
+        messages = body.get("messages")
+        if not isinstance(model, str) or not model:
+            return _error(400, "you must provide a model parameter", param="model")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "'messages' must be a non-empty array", param="messages")
+        if body.get("n", 1) != 1:
+            return Reply(200, self._completion(model, ["n>1 is not emulated"], None, 1, 1, "stop"))
+        prompt = 0
+        last_user = ""
+        for msg in messages:
+            if not isinstance(msg, dict) or "role" not in msg:
+                return _error(400, "Each message must be an object with a role.",
+                              param="messages")
+            text = text_of(msg.get("content"))
+            prompt += count_tokens(text) + 3
+            if msg["role"] == "user":
+                last_user = text
+        tools = [t["function"] for t in body.get("tools") or []
+                 if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+        choice = body.get("tool_choice", "auto")
+        forced = choice["function"]["name"] if isinstance(choice, dict) else None
+        tool = None
+        if choice != "none" and messages[-1].get("role") == "user":
+            tool = chosen_tool(tools, forced, last_user, choice == "required")
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        words = reply_words(last_user, self.reply_text)
+        finish = "stop"
+        if tool is not None:
+            words, finish = [], "tool_calls"
+        elif isinstance(limit, int) and len(words) > limit:
+            words, finish = words[:limit], "length"
+        call = None
+        if tool is not None:
+            call = {"id": f"call_emu_{next(_ids)}", "type": "function",
+                    "function": {"name": tool["name"],
+                                 "arguments": json.dumps(arguments_for(tool.get("parameters")))}}
+        completion = len(words) + (count_tokens(call["function"]["arguments"]) + 2 if call else 0)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return Reply(200, events=self._stream(model, words, call, prompt, completion,
+                                                  finish, include_usage))
+        return Reply(200, self._completion(model, words, call, prompt, completion, finish))
+
+    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt),
+                                      "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0,
+                                          "rejected_prediction_tokens": 0},
+        }
+
+    def _completion(self, model: str, words: list[str], call: dict | None, prompt: int,
+                    completion: int, finish: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(words) or None,
+                                   "refusal": None}
+        if call:
+            message["tool_calls"] = [call]
+        return {
+            "id": f"chatcmpl-emu{next(_ids)}", "object": "chat.completion",
+            "created": int(time.time()), "model": model, "system_fingerprint": "fp_emu",
+            "choices": [{"index": 0, "message": message, "logprobs": None,
+                         "finish_reason": finish}],
+            "usage": self._usage(prompt, completion),
+        }
+
+    def _stream(self, model: str, words: list[str], call: dict | None, prompt: int,
+                completion: int, finish: str, include_usage: bool):
+        base = {"id": f"chatcmpl-emu{next(_ids)}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model, "system_fingerprint": "fp_emu"}
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            return sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                             "finish_reason": finish_reason}], **extra})
+
+        yield chunk({"role": "assistant", "content": "", "refusal": None})
+        for word in words:
+            yield chunk({"content": word})
+        if call:
+            args = call["function"]["arguments"]
+            yield chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                         "function": {"name": call["function"]["name"],
+                                                      "arguments": ""}}]})
+            for i in range(0, len(args), 8):
+                yield chunk({"tool_calls": [{"index": 0,
+                                             "function": {"arguments": args[i:i + 8]}}]})
+        yield chunk({}, finish)
+        if include_usage:
+            yield sse({**base, "choices": [], "usage": self._usage(prompt, completion)})
+        yield sse("[DONE]")
