@@ -62,9 +62,9 @@ def demo(args: argparse.Namespace) -> int:
             oai.chunk_delay = 0.0
             _say("\n")
 
-            _say("3. Anthropic SDK → router → Anthropic, claude-sonnet-4-5")
+            _say("3. Anthropic SDK → router → Anthropic, claude-sonnet-4-6")
             message = claude.messages.create(
-                model="claude-sonnet-4-5", max_tokens=200,
+                model="claude-sonnet-4-6", max_tokens=200,
                 messages=[{"role": "user", "content": "Hello Claude, via the router"}])
             _say(f"   reply: {message.content[0].text!r}")
             _say(f"   usage: {message.usage.input_tokens} in / {message.usage.output_tokens} out")
@@ -76,7 +76,7 @@ def demo(args: argparse.Namespace) -> int:
             ant.chunk_delay = 0.15
             print("   ", end="", flush=True)
             with claude.messages.stream(
-                model="claude-sonnet-4-5", max_tokens=200,
+                model="claude-sonnet-4-6", max_tokens=200,
                 messages=[{"role": "user", "content": "stream these words one by one"}],
             ) as stream:
                 for text in stream.text_stream:
