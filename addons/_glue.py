@@ -48,7 +48,7 @@ def fail_closed(hook: Callable) -> Callable:
             return hook(self, flow)
         except Exception:
             logger.exception("iron_runtime: %s.%s failed", type(self).__name__, hook.__name__)
-            if hook.__name__ in ("request", "requestheaders"):
+            if hook.__name__ in ("request", "requestheaders", "http_connect"):
                 answer_error(
                     flow,
                     errors.internal_error(

@@ -70,7 +70,7 @@ class Router:
     def __init__(self) -> None:
         self.token = "direct"
         self.keys = ProviderKeys({})
-        self.upstreams: dict[Provider, Upstream] = {}
+        self.upstreams = {p: Upstream.parse(default_upstream(p)) for p in Provider}
         self.body_limit = DEFAULT_BODY_LIMIT
         self.key_note = ""
 
@@ -137,10 +137,6 @@ class Router:
             self.key_note = opts.iron_key_note
         if updated & {"listen_host", "iron_token"}:
             self._check_exposure(opts.listen_host)
-        if "mode" in updated and not all(m.startswith("reverse:") for m in opts.mode):
-            # Agents talk to the router as to an API server (origin-form requests), which
-            # only reverse-proxy mode accepts; the target is replaced per request anyway.
-            opts.update(mode=[f"reverse:{self.upstreams[Provider.OPENAI].url}"])
         if "connection_strategy" in updated and opts.connection_strategy != "lazy":
             # "eager" would connect to the reverse target before any hook runs.
             opts.update(connection_strategy="lazy")
@@ -158,6 +154,14 @@ class Router:
                 f"Refusing to listen on {host or 'all interfaces'} with the default token "
                 "'direct': set iron_token to a secret, or listen on 127.0.0.1."
             )
+
+    @fail_closed
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        # Agents call the router as an API server; as a forward proxy it would open tunnels.
+        answer_error(flow, errors.RouterError(
+            405, "invalid_request_error", "method_not_allowed",
+            "The router is an API endpoint, not a forward proxy: point the SDK's base_url "
+            "at it instead of configuring it as an HTTP proxy."))
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
