@@ -46,7 +46,7 @@ class RouterStartError(RuntimeError):
     """The router process could not start (port taken, bad option, ...)."""
 
 
-def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop_proxy_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """Close the child's stdin (its signal to stop cleanly) and wait; force it if it hangs."""
     if proc.poll() is None:
         try:
@@ -91,6 +91,31 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
                 )
             buf += chunk
     return buf.partition(b"\n")[0]
+
+
+def start_proxy_process(
+    options: Mapping[str, Any], *, bare: bool = False, timeout: float = 30.0
+) -> tuple[subprocess.Popen, int]:
+    """Start a router process with these mitmproxy options; returns it and its port.
+
+    ``bare`` starts the same lean mitmproxy without the iron addons (the benchmark's baseline).
+    Stop it with ``stop_proxy_process``.
+    """
+    cmd = [sys.executable, "-m", "iron_runtime.proxy_process"] + (["--bare"] if bare else [])
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(dict(options)).encode() + b"\n")
+        proc.stdin.flush()
+        reply = json.loads(_read_line(proc, timeout))
+    except BaseException:
+        stop_proxy_process(proc)
+        raise
+    if "error" in reply:
+        stop_proxy_process(proc)
+        raise RouterStartError(f"router failed to start: {reply['error']}")
+    return proc, int(reply["port"])
+
 
 
 class LlmRouter:
@@ -170,26 +195,8 @@ class LlmRouter:
             )
 
         started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "iron_runtime.proxy_process"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        self._proc = proc
-        self._finalizer = weakref.finalize(self, _stop_process, proc)
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(options).encode() + b"\n")
-            proc.stdin.flush()
-            reply = json.loads(_read_line(proc, startup_timeout))
-        except BaseException:
-            self._finalizer()
-            raise
-        if "error" in reply:
-            self._finalizer()
-            raise RouterStartError(f"router failed to start: {reply['error']}")
-        self._port: int = reply["port"]
+        self._proc, self._port = start_proxy_process(options, timeout=startup_timeout)
+        self._finalizer = weakref.finalize(self, stop_proxy_process, self._proc)
         self.startup_seconds = time.perf_counter() - started
         self._stopped = False
 

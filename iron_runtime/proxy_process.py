@@ -101,7 +101,8 @@ def _configure_logging() -> None:
         log.propagate = False
 
 
-async def serve(options: dict[str, Any], out: Any) -> None:
+async def serve(options: dict[str, Any], out: Any, bare: bool = False) -> None:
+    """Run the proxy until stopped. ``bare`` leaves the iron addons out (for benchmarks)."""
     from mitmproxy import master as mitm_master
     from mitmproxy import options as mitm_options
     from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
@@ -113,7 +114,7 @@ async def serve(options: dict[str, Any], out: Any) -> None:
     ps = proxyserver.Proxyserver()
     master.addons.add(
         core.Core(), ps, next_layer.NextLayer(), tlsconfig.TlsConfig(),
-        *make_addons(), Lifecycle(master, ps, out),
+        *([] if bare else make_addons()), Lifecycle(master, ps, out),
     )
     # lazy: never connect to the reverse target before the router has chosen the upstream.
     opts.update(connection_strategy="lazy", **options)
@@ -134,7 +135,7 @@ def main() -> None:
         out.flush()
         raise SystemExit(2) from None
     try:
-        asyncio.run(serve(options, out))
+        asyncio.run(serve(options, out, bare="--bare" in sys.argv[1:]))
     except Exception as e:
         logger.exception("router process failed")
         try:
