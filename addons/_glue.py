@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,14 @@ from iron_runtime.headers import REQUEST_ID
 logger = logging.getLogger("iron_runtime")
 
 META = "iron"
+
+_REQUEST_PREFIX = secrets.token_hex(6)
+_request_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique across router processes: random per process, then a counter."""
+    return f"req_{_REQUEST_PREFIX}{next(_request_counter):08x}"
 
 
 def meta(flow: http.HTTPFlow) -> dict[str, Any]:

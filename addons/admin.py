@@ -25,7 +25,6 @@ class Admin:
     def __init__(self) -> None:
         self.secret = b""
         self.started = time.time()
-        self.forwarded = 0
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -51,16 +50,10 @@ class Admin:
             return self._reply(flow, self.status())
         return answer_error(flow, errors.not_found(f"Unknown admin command {command!r}."))
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        m = flow.metadata.get("iron")
-        if m is not None and "upstream" in m:
-            self.forwarded += 1
-
     def status(self) -> dict:
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
-            "forwarded": self.forwarded,
         }
 
     @staticmethod

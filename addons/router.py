@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import os
 import time
-import uuid
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1
@@ -17,16 +16,16 @@ from iron_runtime import errors, routing
 from iron_runtime.errors import ApiShape
 from iron_runtime.headers import (
     REQUEST_ID,
-    mask_upstream_credentials,
-    prepare_client_response,
-    prepare_upstream_request,
+    client_response_fields,
+    masked_fields,
+    upstream_request_fields,
 )
 from iron_runtime.keys import ProviderKeys, mask_secret
 from iron_runtime.payload import model_of, parse_json_body
 from iron_runtime.providers import Provider, default_upstream
 from iron_runtime.upstreams import Upstream
 
-from ._glue import answer_error, fail_closed, meta
+from ._glue import answer_error, fail_closed, meta, new_request_id
 
 logger = logging.getLogger("iron_runtime")
 
@@ -70,6 +69,7 @@ class Router:
     def __init__(self) -> None:
         self.token = "direct"
         self.keys = ProviderKeys({})
+        self.masked_keys: dict[str, str] = {}
         self.upstreams = {p: Upstream.parse(default_upstream(p)) for p in Provider}
         self.body_limit = DEFAULT_BODY_LIMIT
         self.key_note = ""
@@ -117,6 +117,7 @@ class Router:
                     "anthropic": _secret_option(opts.iron_anthropic_key, "iron_anthropic_key"),
                 },
             )
+            self.masked_keys = {p: mask_secret(k) for p, k in self.keys.as_dict().items()}
         if updated & {"iron_openai_upstream", "iron_anthropic_upstream"}:
             try:
                 self.upstreams = {
@@ -169,7 +170,7 @@ class Router:
             return
         req = flow.request
         m = meta(flow)
-        m.setdefault("request_id", uuid.uuid4().hex)
+        m.setdefault("request_id", new_request_id())
         m.setdefault("started", time.time())
         if req.path in ("/", "") and req.method in ("GET", "HEAD"):
             flow.response = http.Response.make(
@@ -221,16 +222,19 @@ class Router:
                 ),
             )
         upstream = self.upstreams[r.provider]
-        req.scheme, req.host, req.port = upstream.scheme, upstream.host, upstream.port
+        # Set on .data: the public setters would rewrite the Host header three times.
+        req.data.scheme, req.data.host, req.data.port = (
+            upstream.scheme.encode(), upstream.host, upstream.port)
         req.path = upstream.base_path + r.path
-        prepare_upstream_request(req.headers, r.provider, key)
+        req.headers.fields = tuple(
+            upstream_request_fields(req.headers.fields, r.provider, key, upstream.netloc))
         m["upstream"] = upstream.url
 
     def _mask(self, flow: http.HTTPFlow) -> None:
-        provider = meta(flow).get("provider")
-        key = self.keys.get(Provider(provider)) if provider else None
-        if key:
-            mask_upstream_credentials(flow.request.headers, mask_secret(key))
+        masked = self.masked_keys.get(meta(flow).get("provider", ""))
+        if masked:
+            headers = flow.request.headers
+            headers.fields = tuple(masked_fields(headers.fields, masked))
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -239,7 +243,7 @@ class Router:
             return
         self._mask(flow)
         resp = flow.response
-        prepare_client_response(resp.headers, m["request_id"])
+        resp.headers.fields = tuple(client_response_fields(resp.headers.fields, m["request_id"]))
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             resp.stream = True
             m["stream"] = True

@@ -30,7 +30,12 @@ class Upstream:
         return cls(parts.scheme, parts.hostname, port, base)
 
     @property
-    def url(self) -> str:
+    def netloc(self) -> str:
+        """``host[:port]`` as the Host header shows it (port only when not the default)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
-        netloc = self.host if self.port == default else f"{self.host}:{self.port}"
-        return f"{self.scheme}://{netloc}{self.base_path}"
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.base_path}"

@@ -8,11 +8,7 @@ import pytest
 
 from iron_runtime import errors
 from iron_runtime.errors import ApiShape
-from iron_runtime.headers import (
-    mask_upstream_credentials,
-    prepare_client_response,
-    prepare_upstream_request,
-)
+from iron_runtime.headers import client_response_fields, masked_fields, upstream_request_fields
 from iron_runtime.keys import ProviderKeys, mask_secret
 from iron_runtime.payload import model_of, parse_json_body
 from iron_runtime.providers import Provider, default_upstream, detect_provider
@@ -20,11 +16,12 @@ from iron_runtime.routing import client_shape, route, split_provider_prefix, tok
 from iron_runtime.upstreams import Upstream
 
 
-class Headers(dict):
-    """Case-insensitive enough for these tests: keys are stored lower-case."""
+def fields(**kw: str) -> list[tuple[bytes, bytes]]:
+    return [(k.replace("_", "-").encode(), v.encode()) for k, v in kw.items()]
 
-    def __init__(self, **kw: str) -> None:
-        super().__init__({k.lower().replace("_", "-"): v for k, v in kw.items()})
+
+def as_dict(pairs) -> dict[str, str]:
+    return {k.decode().lower(): v.decode() for k, v in pairs}
 
 
 @pytest.mark.parametrize("path, provider, rest", [
@@ -88,33 +85,38 @@ def test_token_matches(headers, ok):
 
 
 def test_upstream_request_headers_for_openai():
-    h = Headers(authorization="Bearer ic", x_api_key="ic", connection="keep-alive",
-                openai_organization="org", user_agent="OpenAI/Python", x_iron_debug="1",
-                cookie="c=1")
-    prepare_upstream_request(h, Provider.OPENAI, "sk-real")
-    assert h == {"authorization": "Bearer sk-real", "openai-organization": "org",
-                 "user-agent": "OpenAI/Python"}
+    h = fields(Host="127.0.0.1:8080", Authorization="Bearer ic", x_api_key="ic",
+               connection="keep-alive", OpenAI_Organization="org", user_agent="OpenAI/Python",
+               x_iron_debug="1", cookie="c=1", Idempotency_Key="k1")
+    out = upstream_request_fields(h, Provider.OPENAI, "sk-real", "api.openai.com")
+    assert as_dict(out) == {"host": "api.openai.com", "authorization": "Bearer sk-real",
+                            "openai-organization": "org", "user-agent": "OpenAI/Python",
+                            "idempotency-key": "k1"}
+    assert out[1][0] == b"OpenAI-Organization"  # names keep the client's spelling
 
 
 @pytest.mark.parametrize("client_version, sent", [
     (None, "2023-06-01"), ("2026-10-21", "2026-10-21"), ("garbage", "2023-06-01"),
 ])
 def test_upstream_request_headers_for_anthropic(client_version, sent):
-    h = Headers(authorization="Bearer ic", anthropic_beta="tools-2024")
+    h = fields(authorization="Bearer ic", anthropic_beta="tools-2024")
     if client_version:
-        h["anthropic-version"] = client_version
-    prepare_upstream_request(h, Provider.ANTHROPIC, "sk-ant-real")
-    assert h == {"x-api-key": "sk-ant-real", "anthropic-version": sent,
-                 "anthropic-beta": "tools-2024"}
+        h += fields(Anthropic_Version=client_version)
+    out = upstream_request_fields(h, Provider.ANTHROPIC, "sk-ant-real", "api.anthropic.com")
+    assert as_dict(out) == {"host": "api.anthropic.com", "x-api-key": "sk-ant-real",
+                            "anthropic-version": sent, "anthropic-beta": "tools-2024"}
 
 
 def test_masking_and_client_response_headers():
-    h = {"authorization": "Bearer sk-real-key-123456", "x-api-key": "sk-real-key-123456"}
-    mask_upstream_credentials(h, mask_secret("sk-real-key-123456"))
-    assert "sk-real-key-123456" not in json.dumps(h)
-    resp = {"connection": "close", "keep-alive": "5", "x-request-id": "r1"}
-    prepare_client_response(resp, "rid")
-    assert resp == {"x-request-id": "r1", "x-iron-request-id": "rid"}
+    h = fields(authorization="Bearer sk-real-key-123456", x_api_key="sk-real-key-123456",
+               accept="*/*")
+    masked = masked_fields(h, mask_secret("sk-real-key-123456"))
+    assert "sk-real-key-123456" not in str(masked)
+    assert as_dict(masked) == {"authorization": "Bearer sk-…3456", "x-api-key": "sk-…3456",
+                               "accept": "*/*"}
+    resp = fields(Connection="close", keep_alive="5", x_request_id="r1")
+    assert as_dict(client_response_fields(resp, "rid")) == {"x-request-id": "r1",
+                                                            "x-iron-request-id": "rid"}
 
 
 def test_mask_secret_never_reveals_short_secrets():
@@ -147,6 +149,12 @@ def test_json_body_parsing():
     assert model_of({}) is None
     with pytest.raises(errors.RouterError):
         model_of({"model": ["x"]})
+
+
+def test_upstream_netloc():
+    assert Upstream.parse("https://api.openai.com").netloc == "api.openai.com"
+    assert Upstream.parse("http://127.0.0.1:9000").netloc == "127.0.0.1:9000"
+    assert Upstream.parse("http://[::1]:9000").netloc == "[::1]:9000"
 
 
 @pytest.mark.parametrize("url, parsed", [

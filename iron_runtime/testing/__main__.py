@@ -16,21 +16,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--reply", default=None, help="fixed reply text")
+    parser.add_argument("--chunk-delay", type=float, default=0.0,
+                        help="seconds between streamed events")
     args = parser.parse_args()
     cls = OpenAIEmulator if args.provider == "openai" else AnthropicEmulator
     kw = {"api_key": args.api_key} if args.api_key else {}
     emu = cls(host=args.host, port=args.port, record=False, **kw)
     emu.reply_text = args.reply
+    emu.chunk_delay = args.chunk_delay
 
-    async def run() -> None:
-        await emu._listen()
+    def ready() -> None:
         print(f"{args.provider} emulator listening on {emu.url}", flush=True)
-        assert emu._server is not None
-        async with emu._server:
-            await emu._server.serve_forever()
 
     try:
-        asyncio.run(run())
+        asyncio.run(emu.serve_forever(ready))
     except KeyboardInterrupt:
         pass
 

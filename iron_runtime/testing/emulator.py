@@ -11,7 +11,7 @@ import asyncio
 import collections
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     events: Iterable[bytes] | None = None  # SSE events, already framed
     fault: Fault | None = None
+    chunk_delay: float | None = None
 
 
 class _Drop(Exception):
@@ -114,9 +115,11 @@ class Emulator:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
         """Serve on the current event loop (for a dedicated emulator process)."""
         await self._listen()
+        if ready:
+            ready()
         assert self._server is not None
         async with self._server:
             await self._server.serve_forever()
@@ -179,6 +182,8 @@ class Emulator:
                     self.requests.append(req)
                 try:
                     reply = self.handle(req)
+                    if "x-emulator-chunk-delay" in headers:  # per-request pacing (benchmarks)
+                        reply.chunk_delay = float(headers["x-emulator-chunk-delay"])
                     await self._write(writer, reply)
                 except _Drop:
                     return
@@ -227,7 +232,9 @@ class Emulator:
         head += [f"{k}: {v}\r\n" for k, v in reply.headers.items()]
         writer.write("".join(head).encode() + b"\r\n")
         await writer.drain()
-        delay = fault.chunk_delay if fault and fault.chunk_delay is not None else self.chunk_delay
+        delay = self.chunk_delay if reply.chunk_delay is None else reply.chunk_delay
+        if fault and fault.chunk_delay is not None:
+            delay = fault.chunk_delay
         drop_after = fault.drop_after_events if fault else None
         loop = asyncio.get_running_loop()
         self.events_sent = sent = []
