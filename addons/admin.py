@@ -28,7 +28,9 @@ class Admin:
 
     def load(self, loader) -> None:
         loader.add_option(
-            "iron_admin_secret", str, "",
+            "iron_admin_secret",
+            str,
+            "",
             "Secret guarding the /_iron/ admin endpoint; empty disables it.",
         )
 
@@ -45,7 +47,7 @@ class Admin:
         presented = flow.request.headers.get(ADMIN_HEADER, "").encode()
         if not self.secret or not hmac.compare_digest(presented, self.secret):
             return answer_error(flow, errors.not_found("No such endpoint."))
-        command = flow.request.path[len(ADMIN_PREFIX):].partition("?")[0]
+        command = flow.request.path[len(ADMIN_PREFIX) :].partition("?")[0]
         if command == "status" and flow.request.method == "GET":
             return self._reply(flow, self.status())
         return answer_error(flow, errors.not_found(f"Unknown admin command {command!r}."))

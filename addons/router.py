@@ -13,7 +13,6 @@ from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
 from iron_runtime import errors, routing
-from iron_runtime.errors import ApiShape
 from iron_runtime.headers import (
     REQUEST_ID,
     client_response_fields,
@@ -76,29 +75,39 @@ class Router:
 
     def load(self, loader) -> None:
         loader.add_option(
-            "iron_token", str, "direct",
+            "iron_token",
+            str,
+            "direct",
             "Token agents present to the router (Authorization: Bearer or x-api-key).",
         )
         loader.add_option(
-            "iron_provider_key", str, "",
+            "iron_provider_key",
+            str,
+            "",
             "Real provider key; its provider is detected (sk-ant-... is Anthropic). "
             "'env:NAME' reads it from an environment variable.",
         )
         loader.add_option("iron_openai_key", str, "", "Real OpenAI key (or env:NAME).")
         loader.add_option("iron_anthropic_key", str, "", "Real Anthropic key (or env:NAME).")
         loader.add_option(
-            "iron_openai_upstream", str, "",
+            "iron_openai_upstream",
+            str,
+            "",
             "OpenAI base URL (default: $IRON_OPENAI_BASE_URL or https://api.openai.com).",
         )
         loader.add_option(
-            "iron_anthropic_upstream", str, "",
+            "iron_anthropic_upstream",
+            str,
+            "",
             "Anthropic base URL (default: $IRON_ANTHROPIC_BASE_URL or https://api.anthropic.com).",
         )
         loader.add_option(
             "iron_body_limit", int, DEFAULT_BODY_LIMIT, "Largest request body accepted, in bytes."
         )
         loader.add_option(
-            "iron_key_note", str, "",
+            "iron_key_note",
+            str,
+            "",
             "Why no key is available yet (answered as 503 to requests that need one).",
         )
         _http1.make_error_response = _json_error_page
@@ -159,10 +168,16 @@ class Router:
     @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         # Agents call the router as an API server; as a forward proxy it would open tunnels.
-        answer_error(flow, errors.RouterError(
-            405, "invalid_request_error", "method_not_allowed",
-            "The router is an API endpoint, not a forward proxy: point the SDK's base_url "
-            "at it instead of configuring it as an HTTP proxy."))
+        answer_error(
+            flow,
+            errors.RouterError(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                "The router is an API endpoint, not a forward proxy: point the SDK's base_url "
+                "at it instead of configuring it as an HTTP proxy.",
+            ),
+        )
 
     @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
@@ -202,7 +217,9 @@ class Router:
             return answer_error(
                 flow,
                 errors.RouterError(
-                    501, "invalid_request_error", "not_implemented",
+                    501,
+                    "invalid_request_error",
+                    "not_implemented",
                     "Claude models through the OpenAI chat.completions API are not served by "
                     "this router version; call /v1/messages with the Anthropic SDK.",
                 ),
@@ -224,10 +241,14 @@ class Router:
         upstream = self.upstreams[r.provider]
         # Set on .data: the public setters would rewrite the Host header three times.
         req.data.scheme, req.data.host, req.data.port = (
-            upstream.scheme.encode(), upstream.host, upstream.port)
+            upstream.scheme.encode(),
+            upstream.host,
+            upstream.port,
+        )
         req.path = upstream.base_path + r.path
         req.headers.fields = tuple(
-            upstream_request_fields(req.headers.fields, r.provider, key, upstream.netloc))
+            upstream_request_fields(req.headers.fields, r.provider, key, upstream.netloc)
+        )
         m["upstream"] = upstream.url
 
     def _mask(self, flow: http.HTTPFlow) -> None:

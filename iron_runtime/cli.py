@@ -23,8 +23,11 @@ def demo(args: argparse.Namespace) -> int:
     from .testing import AnthropicEmulator, OpenAIEmulator
 
     _say("iron-runtime demo: no keys needed; OpenAI and Anthropic are emulated on 127.0.0.1.\n")
-    with (OpenAIEmulator() as oai, AnthropicEmulator() as ant,
-          tempfile.TemporaryDirectory(prefix="iron-demo-") as state):
+    with (
+        OpenAIEmulator() as oai,
+        AnthropicEmulator() as ant,
+        tempfile.TemporaryDirectory(prefix="iron-demo-") as state,
+    ):
         _say(f"  OpenAI emulator     {oai.url}   (real key {mask_secret(oai.api_key)})")
         _say(f"  Anthropic emulator  {ant.url}   (real key {mask_secret(ant.api_key)})")
         t0 = time.perf_counter()
@@ -33,28 +36,36 @@ def demo(args: argparse.Namespace) -> int:
             upstreams={"openai": oai.url, "anthropic": ant.url},
             state_dir=state,
         ) as router:
-            _say(f"  Router              {router.base_url}   "
-                 f"(started in {time.perf_counter() - t0:.2f} s, agent token "
-                 f"{router.api_key!r})\n")
+            _say(
+                f"  Router              {router.base_url}   "
+                f"(started in {time.perf_counter() - t0:.2f} s, agent token "
+                f"{router.api_key!r})\n"
+            )
             client = openai.OpenAI(base_url=router.base_url, api_key=router.api_key)
             claude = anthropic.Anthropic(base_url=router.base_url, api_key=router.api_key)
 
             _say("1. OpenAI SDK → router → OpenAI, gpt-4o")
             raw = client.chat.completions.with_raw_response.create(
-                model="gpt-4o", messages=[{"role": "user", "content": "Hello through the router"}])
+                model="gpt-4o", messages=[{"role": "user", "content": "Hello through the router"}]
+            )
             reply = raw.parse()
             _say(f"   reply: {reply.choices[0].message.content!r}")
-            _say(f"   usage: {reply.usage.prompt_tokens} in / {reply.usage.completion_tokens} out;"
-                 f" x-iron-request-id {raw.headers.get('x-iron-request-id')}")
+            _say(
+                f"   usage: {reply.usage.prompt_tokens} in / {reply.usage.completion_tokens} out;"
+                f" x-iron-request-id {raw.headers.get('x-iron-request-id')}"
+            )
             seen = oai.requests[-1].headers
-            _say(f"   OpenAI saw: authorization 'Bearer {mask_secret(seen['authorization'][7:])}'"
-                 " (the real key, injected by the router)\n")
+            _say(
+                f"   OpenAI saw: authorization 'Bearer {mask_secret(seen['authorization'][7:])}'"
+                " (the real key, injected by the router)\n"
+            )
 
             _say("2. OpenAI SDK, streamed: chunks print as they arrive")
             oai.chunk_delay = 0.15
             print("   ", end="", flush=True)
             for chunk in client.chat.completions.create(
-                model="gpt-4o", stream=True,
+                model="gpt-4o",
+                stream=True,
                 messages=[{"role": "user", "content": "stream these words one by one"}],
             ):
                 if chunk.choices and chunk.choices[0].delta.content:
@@ -64,19 +75,24 @@ def demo(args: argparse.Namespace) -> int:
 
             _say("3. Anthropic SDK → router → Anthropic, claude-sonnet-4-6")
             message = claude.messages.create(
-                model="claude-sonnet-4-6", max_tokens=200,
-                messages=[{"role": "user", "content": "Hello Claude, via the router"}])
+                model="claude-sonnet-4-6",
+                max_tokens=200,
+                messages=[{"role": "user", "content": "Hello Claude, via the router"}],
+            )
             _say(f"   reply: {message.content[0].text!r}")
             _say(f"   usage: {message.usage.input_tokens} in / {message.usage.output_tokens} out")
             seen = ant.requests[-1].headers
-            _say(f"   Anthropic saw: x-api-key {mask_secret(seen['x-api-key'])}, "
-                 f"anthropic-version {seen['anthropic-version']}\n")
+            _say(
+                f"   Anthropic saw: x-api-key {mask_secret(seen['x-api-key'])}, "
+                f"anthropic-version {seen['anthropic-version']}\n"
+            )
 
             _say("4. Anthropic SDK, streamed")
             ant.chunk_delay = 0.15
             print("   ", end="", flush=True)
             with claude.messages.stream(
-                model="claude-sonnet-4-6", max_tokens=200,
+                model="claude-sonnet-4-6",
+                max_tokens=200,
                 messages=[{"role": "user", "content": "stream these words one by one"}],
             ) as stream:
                 for text in stream.text_stream:
@@ -86,9 +102,11 @@ def demo(args: argparse.Namespace) -> int:
 
             _say("5. A wrong token is refused before anything leaves the machine")
             try:
-                openai.OpenAI(base_url=router.base_url, api_key="not-the-token",
-                              max_retries=0).chat.completions.create(
-                    model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+                openai.OpenAI(
+                    base_url=router.base_url, api_key="not-the-token", max_retries=0
+                ).chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+                )
                 _say("   unexpected: the request went through")
                 return 1
             except openai.AuthenticationError as e:

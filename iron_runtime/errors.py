@@ -31,7 +31,9 @@ class RouterError(Exception):
         return f"{self.status} {self.code}: {self.message}"
 
     def body(self, shape: ApiShape) -> bytes:
-        type_ = anthropic_type_for(self.status, self.type) if shape is ApiShape.ANTHROPIC else self.type
+        type_ = self.type
+        if shape is ApiShape.ANTHROPIC:
+            type_ = anthropic_type_for(self.status, self.type)
         return error_body(shape, type_, self.code, self.message, self.param)
 
 

@@ -51,8 +51,9 @@ def upstream_request_fields(
         out.append((name, value))
     if provider is Provider.ANTHROPIC:
         out.append((b"x-api-key", key.encode()))
-        out.append((b"anthropic-version",
-                    version if _VERSION_RE.fullmatch(version) else ANTHROPIC_VERSION))
+        out.append(
+            (b"anthropic-version", version if _VERSION_RE.fullmatch(version) else ANTHROPIC_VERSION)
+        )
     else:
         out.append((b"authorization", b"Bearer " + key.encode()))
     return out

@@ -117,7 +117,6 @@ def start_proxy_process(
     return proc, int(reply["port"])
 
 
-
 class LlmRouter:
     """A local LLM router (drop-in for ``iron_cage.LlmRouter``).
 
@@ -274,8 +273,10 @@ class LlmRouter:
                 method,
                 f"/_iron/{command}",
                 body=json.dumps(body) if body is not None else None,
-                headers={"x-iron-admin-secret": self._admin_secret,
-                         "content-type": "application/json"},
+                headers={
+                    "x-iron-admin-secret": self._admin_secret,
+                    "content-type": "application/json",
+                },
             )
             resp = conn.getresponse()
             data = json.loads(resp.read() or b"{}")

@@ -113,8 +113,12 @@ async def serve(options: dict[str, Any], out: Any, bare: bool = False) -> None:
     master = mitm_master.Master(opts, event_loop=asyncio.get_running_loop())
     ps = proxyserver.Proxyserver()
     master.addons.add(
-        core.Core(), ps, next_layer.NextLayer(), tlsconfig.TlsConfig(),
-        *([] if bare else make_addons()), Lifecycle(master, ps, out),
+        core.Core(),
+        ps,
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        *([] if bare else make_addons()),
+        Lifecycle(master, ps, out),
     )
     # lazy: never connect to the reverse target before the router has chosen the upstream.
     opts.update(connection_strategy="lazy", **options)

@@ -37,10 +37,19 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say he
 STREAM_WORDS = 200
 
 
-def start_emulator(reply: str | None = None, chunk_delay: float = 0.0
-                   ) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "iron_runtime.testing", "openai", "--api-key", KEY,
-           "--chunk-delay", str(chunk_delay)]
+def start_emulator(
+    reply: str | None = None, chunk_delay: float = 0.0
+) -> tuple[subprocess.Popen, str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "iron_runtime.testing",
+        "openai",
+        "--api-key",
+        KEY,
+        "--chunk-delay",
+        str(chunk_delay),
+    ]
     if reply:
         cmd += ["--reply", reply]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -61,9 +70,19 @@ def wrk(url: str, token: str, connections: int, duration: float, tmp: Path) -> d
         f'wrk.headers["Authorization"] = "Bearer {token}"\n'
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script),
-         url + "/v1/chat/completions"],
-        capture_output=True, text=True, timeout=duration + 30,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + "/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -74,12 +93,18 @@ def wrk(url: str, token: str, connections: int, duration: float, tmp: Path) -> d
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"),
-            "bad": int(non2xx.group(1)) if non2xx else 0, "errors": errors.group(1) if errors else ""}
+    return {
+        "rps": rps,
+        "p50": pct("50"),
+        "p99": pct("99"),
+        "bad": int(non2xx.group(1)) if non2xx else 0,
+        "errors": errors.group(1) if errors else "",
+    }
 
 
-def stream_timings(url: str, token: str, words: int, pause: float, count: int,
-                   deadline: float) -> dict:
+def stream_timings(
+    url: str, token: str, words: int, pause: float, count: int, deadline: float
+) -> dict:
     """Median time to first event and to the end of streamed answers, one request at a time.
 
     The emulator echoes the prompt, so ``words`` words give that many chunks; ``pause`` is
@@ -87,12 +112,15 @@ def stream_timings(url: str, token: str, words: int, pause: float, count: int,
     """
     host, port = url.removeprefix("http://").split(":")
     prompt = " ".join(["word"] * (words - 1))
-    body = json.dumps({**BODY, "stream": True,
-                       "messages": [{"role": "user", "content": prompt}]}).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-            f"x-emulator-chunk-delay: {pause}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    body = json.dumps(
+        {**BODY, "stream": True, "messages": [{"role": "user", "content": prompt}]}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"x-emulator-chunk-delay: {pause}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     ttfb, total = [], []
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,8 +143,11 @@ def stream_timings(url: str, token: str, words: int, pause: float, count: int,
             ttfb.append(first - t0)
     finally:
         sock.close()
-    return {"ttfb": statistics.median(ttfb) * 1000, "total": statistics.median(total) * 1000,
-            "n": len(total)}
+    return {
+        "ttfb": statistics.median(ttfb) * 1000,
+        "total": statistics.median(total) * 1000,
+        "n": len(total),
+    }
 
 
 def main() -> None:
@@ -138,7 +169,8 @@ def main() -> None:
             tmp = Path(tmpdir)
             bare_proc, bare_port = start_proxy_process(
                 {"mode": [f"reverse:{emu_url}"], "listen_host": "127.0.0.1", "listen_port": 0},
-                bare=True)
+                bare=True,
+            )
             router = LlmRouter(provider_key=KEY, upstreams={"openai": emu_url})
             print(f"router started in {router.startup_seconds:.2f} s", file=sys.stderr)
             targets = {
@@ -151,8 +183,9 @@ def main() -> None:
                 row = {c: wrk(url, token, c, args.duration, tmp) for c in conc}
                 limit = time.monotonic() + 60
                 row["paced"] = stream_timings(url, token, 20, 0.005, args.stream_requests, limit)
-                row["burst"] = stream_timings(url, token, STREAM_WORDS, 0.0,
-                                              args.stream_requests, limit)
+                row["burst"] = stream_timings(
+                    url, token, STREAM_WORDS, 0.0, args.stream_requests, limit
+                )
                 results[name] = row
                 print(f"  measured {name}", file=sys.stderr, flush=True)
     finally:
@@ -164,30 +197,42 @@ def main() -> None:
         emu.wait(5)
 
     print(f"\nNon-streamed POST /v1/chat/completions, wrk -t1, {args.duration:.0f} s per cell")
-    print(f"{'target':<16}" + "".join(f"{'c=' + str(c) + ' req/s':>13}{'p50 ms':>9}{'p99 ms':>9}"
-                                      for c in conc))
+    print(
+        f"{'target':<16}"
+        + "".join(f"{'c=' + str(c) + ' req/s':>13}{'p50 ms':>9}{'p99 ms':>9}" for c in conc)
+    )
     for name, row in results.items():
-        cells = "".join(f"{row[c]['rps']:>13.0f}{row[c]['p50']:>9.2f}{row[c]['p99']:>9.2f}"
-                        for c in conc)
+        cells = "".join(
+            f"{row[c]['rps']:>13.0f}{row[c]['p50']:>9.2f}{row[c]['p99']:>9.2f}" for c in conc
+        )
         print(f"{name:<16}{cells}")
-        bad = [f"c={c}: {row[c]['bad']} non-2xx {row[c]['errors']}" for c in conc
-               if row[c]["bad"] or row[c]["errors"]]
+        bad = [
+            f"c={c}: {row[c]['bad']} non-2xx {row[c]['errors']}"
+            for c in conc
+            if row[c]["bad"] or row[c]["errors"]
+        ]
         if bad:
             print(f"{'':<16}errors: {'; '.join(bad)}")
     r, b, d = results["iron router"], results["bare mitmproxy"], results["direct"]
     print("\nRatios")
     for c in conc:
-        print(f"  c={c:<3} req/s router/bare {r[c]['rps'] / b[c]['rps']:.2f}  "
-              f"router/direct {r[c]['rps'] / d[c]['rps']:.2f}   "
-              f"p50 router-bare {r[c]['p50'] - b[c]['p50']:+.2f} ms")
+        print(
+            f"  c={c:<3} req/s router/bare {r[c]['rps'] / b[c]['rps']:.2f}  "
+            f"router/direct {r[c]['rps'] / d[c]['rps']:.2f}   "
+            f"p50 router-bare {r[c]['p50'] - b[c]['p50']:+.2f} ms"
+        )
     n = r["paced"]["n"]
     print(f"\nStreamed answers, one request at a time, median of {n}")
-    print(f"{'target':<16}{'TTFB ms':>9}{'(20 chunks, 5 ms apart)':>25}"
-          f"{'total ms':>10}{f'({STREAM_WORDS} chunks, no pause)':>27}")
+    print(
+        f"{'target':<16}{'TTFB ms':>9}{'(20 chunks, 5 ms apart)':>25}"
+        f"{'total ms':>10}{f'({STREAM_WORDS} chunks, no pause)':>27}"
+    )
     for name, row in results.items():
         print(f"{name:<16}{row['paced']['ttfb']:>9.2f}{'':>25}{row['burst']['total']:>10.2f}")
-    print(f"  added TTFB: router-direct {r['paced']['ttfb'] - d['paced']['ttfb']:+.2f} ms "
-          "(bare mitmproxy buffers SSE unless told to stream, hence its TTFB)")
+    print(
+        f"  added TTFB: router-direct {r['paced']['ttfb'] - d['paced']['ttfb']:+.2f} ms "
+        "(bare mitmproxy buffers SSE unless told to stream, hence its TTFB)"
+    )
     per_chunk = (r["burst"]["total"] - d["burst"]["total"]) / STREAM_WORDS * 1000
     print(f"  per-chunk cost: router-direct {per_chunk:+.1f} µs")
 

@@ -38,8 +38,7 @@ def _fresh_emulators(request: pytest.FixtureRequest) -> None:
             request.getfixturevalue(name).reset()
 
 
-def make_router(openai_emu: OpenAIEmulator, anthropic_emu: AnthropicEmulator,
-                **kw) -> LlmRouter:
+def make_router(openai_emu: OpenAIEmulator, anthropic_emu: AnthropicEmulator, **kw) -> LlmRouter:
     return LlmRouter(
         provider_keys={"openai": openai_emu.api_key, "anthropic": anthropic_emu.api_key},
         upstreams={"openai": openai_emu.url, "anthropic": anthropic_emu.url},

@@ -16,8 +16,13 @@ from iron_runtime.addons.router import Router
 def _request(path="/v1/chat/completions", token="direct", body=None):
     flow = tflow.tflow()
     flow.request = tutils.treq(
-        method=b"POST", path=path.encode(), host="127.0.0.1", port=8080, scheme=b"http",
-        content=json.dumps(body or {"model": "gpt-4o", "messages": []}).encode())
+        method=b"POST",
+        path=path.encode(),
+        host="127.0.0.1",
+        port=8080,
+        scheme=b"http",
+        content=json.dumps(body or {"model": "gpt-4o", "messages": []}).encode(),
+    )
     flow.request.headers.clear()
     flow.request.headers["authorization"] = f"Bearer {token}"
     flow.request.headers["content-type"] = "application/json"
@@ -27,8 +32,9 @@ def _request(path="/v1/chat/completions", token="direct", body=None):
 def test_an_exception_inside_the_router_answers_500_and_forwards_nothing(monkeypatch):
     r = Router()
     with taddons.context(r) as tctx:
-        tctx.configure(r, iron_openai_key="sk-real-openai-key-1234",
-                       iron_openai_upstream="http://127.0.0.1:9")
+        tctx.configure(
+            r, iron_openai_key="sk-real-openai-key-1234", iron_openai_upstream="http://127.0.0.1:9"
+        )
 
         def boom(*a, **kw):
             raise RuntimeError("bug")
@@ -44,8 +50,11 @@ def test_an_exception_inside_the_router_answers_500_and_forwards_nothing(monkeyp
 def test_routed_request_gets_the_key_and_loses_it_once_sent():
     r = Router()
     with taddons.context(r) as tctx:
-        tctx.configure(r, iron_openai_key="sk-real-openai-key-1234",
-                       iron_openai_upstream="https://api.example.test:8443/base")
+        tctx.configure(
+            r,
+            iron_openai_key="sk-real-openai-key-1234",
+            iron_openai_upstream="https://api.example.test:8443/base",
+        )
         flow = _request()
         r.request(flow)
         assert flow.response is None

@@ -28,8 +28,9 @@ def test_wrong_token_is_an_anthropic_authentication_error(router, anthropic_emu)
 
 
 def test_request_without_any_credentials_is_refused(router, openai_emu):
-    r = httpx.post(router.base_url + "/chat/completions",
-                   json={"model": "gpt-4o", "messages": MESSAGES})
+    r = httpx.post(
+        router.base_url + "/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES}
+    )
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "invalid_api_key"
     assert r.headers["x-iron-request-id"]
@@ -37,8 +38,11 @@ def test_request_without_any_credentials_is_refused(router, openai_emu):
 
 
 def test_x_api_key_header_is_accepted(router, openai_emu):
-    r = httpx.post(router.base_url + "/chat/completions", headers={"x-api-key": router.api_key},
-                   json={"model": "gpt-4o", "messages": MESSAGES})
+    r = httpx.post(
+        router.base_url + "/chat/completions",
+        headers={"x-api-key": router.api_key},
+        json={"model": "gpt-4o", "messages": MESSAGES},
+    )
     assert r.status_code == 200
     seen = openai_emu.requests[-1].headers
     assert "x-api-key" not in seen
@@ -53,8 +57,11 @@ def test_health_needs_no_token(router):
 
 def test_admin_endpoint_is_invisible_to_the_agent_token(router):
     base = router.base_url.removesuffix("/v1")
-    for headers in ({}, {"authorization": f"Bearer {router.api_key}"},
-                    {"x-iron-admin-secret": router.api_key}):
+    for headers in (
+        {},
+        {"authorization": f"Bearer {router.api_key}"},
+        {"x-iron-admin-secret": router.api_key},
+    ):
         r = httpx.get(base + "/_iron/status", headers=headers)
         assert r.status_code == 404
     assert router._admin("GET", "status")["pid"] == router.pid

@@ -25,8 +25,11 @@ def _still_serves(oai) -> None:
 
 
 def test_malformed_json_is_a_400_bad_request(router, oai, openai_emu):
-    r = httpx.post(router.base_url + "/chat/completions", headers=_auth(router),
-                   content=b'{"model": "gpt-4o", "messages": [')
+    r = httpx.post(
+        router.base_url + "/chat/completions",
+        headers=_auth(router),
+        content=b'{"model": "gpt-4o", "messages": [',
+    )
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error"
@@ -36,22 +39,31 @@ def test_malformed_json_is_a_400_bad_request(router, oai, openai_emu):
 
 
 def test_invalid_utf8_and_non_object_bodies_are_400(router, oai):
-    r = httpx.post(router.base_url + "/chat/completions", headers=_auth(router),
-                   content=b'{"model": "\xff\xfe"}')
+    r = httpx.post(
+        router.base_url + "/chat/completions",
+        headers=_auth(router),
+        content=b'{"model": "\xff\xfe"}',
+    )
     assert r.status_code == 400 and "UTF-8" in r.json()["error"]["message"]
     r = httpx.post(router.base_url + "/chat/completions", headers=_auth(router), content=b"[1]")
     assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
-    r = httpx.post(router.base_url + "/chat/completions", headers=_auth(router),
-                   content=b'{"model": 5}')
+    r = httpx.post(
+        router.base_url + "/chat/completions", headers=_auth(router), content=b'{"model": 5}'
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
     _still_serves(oai)
 
 
 def test_anthropic_client_gets_errors_in_anthropic_shape(router, claude):
-    r = httpx.post(router.base_url + "/messages",
-                   headers={"x-api-key": router.api_key, "anthropic-version": "2023-06-01",
-                            "content-type": "application/json"},
-                   content=b"{not json")
+    r = httpx.post(
+        router.base_url + "/messages",
+        headers={
+            "x-api-key": router.api_key,
+            "anthropic-version": "2023-06-01",
+            "content-type": "application/json",
+        },
+        content=b"{not json",
+    )
     assert r.status_code == 400
     assert r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "invalid_request_error"
@@ -75,12 +87,17 @@ def test_unknown_path_gets_the_providers_own_404(oai, router):
 
 
 def test_upstream_status_errors_pass_through_unchanged(oai, claude, openai_emu, anthropic_emu):
-    openai_emu.inject(Fault(status=429, body={"error": {"message": "slow down",
-                                                        "type": "rate_limit_error"}}))
+    openai_emu.inject(
+        Fault(status=429, body={"error": {"message": "slow down", "type": "rate_limit_error"}})
+    )
     with pytest.raises(openai.RateLimitError, match="slow down"):
         oai.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    anthropic_emu.inject(Fault(status=529, body={"type": "error", "error": {
-        "type": "overloaded_error", "message": "Overloaded"}}))
+    anthropic_emu.inject(
+        Fault(
+            status=529,
+            body={"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        )
+    )
     with pytest.raises(anthropic.APIStatusError) as err:
         claude.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES)
     assert err.value.status_code == 529
@@ -101,15 +118,18 @@ def test_upstream_down_is_a_json_502_for_both_sdks(openai_emu, anthropic_emu):
     dead = f"http://127.0.0.1:{free_port()}"
     from iron_runtime import LlmRouter
 
-    with LlmRouter(provider_keys={"openai": "sk-a", "anthropic": "sk-ant-b"},
-                   upstreams={"openai": dead, "anthropic": dead}) as router:
+    with LlmRouter(
+        provider_keys={"openai": "sk-a", "anthropic": "sk-ant-b"},
+        upstreams={"openai": dead, "anthropic": dead},
+    ) as router:
         oai = openai.OpenAI(base_url=router.base_url, api_key=router.api_key, max_retries=0)
         with pytest.raises(openai.InternalServerError) as err:
             oai.chat.completions.create(model="gpt-4o", messages=MESSAGES)
         assert err.value.status_code == 502
         assert "could not get an answer from the provider" in err.value.message
-        claude = anthropic.Anthropic(base_url=router.base_url, api_key=router.api_key,
-                                     max_retries=0)
+        claude = anthropic.Anthropic(
+            base_url=router.base_url, api_key=router.api_key, max_retries=0
+        )
         with pytest.raises(anthropic.InternalServerError) as aerr:
             claude.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES)
         assert aerr.value.status_code == 502
@@ -139,8 +159,10 @@ def test_garbage_http_is_refused_and_router_keeps_serving(router, oai):
 def test_missing_provider_key_is_a_403_naming_the_fix(openai_emu, anthropic_emu):
     from iron_runtime import LlmRouter
 
-    with LlmRouter(provider_key=openai_emu.api_key,
-                   upstreams={"openai": openai_emu.url, "anthropic": anthropic_emu.url}) as r:
+    with LlmRouter(
+        provider_key=openai_emu.api_key,
+        upstreams={"openai": openai_emu.url, "anthropic": anthropic_emu.url},
+    ) as r:
         claude = anthropic.Anthropic(base_url=r.base_url, api_key=r.api_key, max_retries=0)
         with pytest.raises(anthropic.PermissionDeniedError) as err:
             claude.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES)

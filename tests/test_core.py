@@ -24,29 +24,35 @@ def as_dict(pairs) -> dict[str, str]:
     return {k.decode().lower(): v.decode() for k, v in pairs}
 
 
-@pytest.mark.parametrize("path, provider, rest", [
-    ("/anthropic/v1/messages", Provider.ANTHROPIC, "/v1/messages"),
-    ("/openai/v1/chat/completions?x=1", Provider.OPENAI, "/v1/chat/completions?x=1"),
-    ("/anthropic", Provider.ANTHROPIC, "/"),
-    ("/anthropic?beta=1", Provider.ANTHROPIC, "/?beta=1"),
-    ("/anthropicfoo/v1/messages", None, "/anthropicfoo/v1/messages"),
-    ("/v1/openai/x", None, "/v1/openai/x"),
-])
+@pytest.mark.parametrize(
+    "path, provider, rest",
+    [
+        ("/anthropic/v1/messages", Provider.ANTHROPIC, "/v1/messages"),
+        ("/openai/v1/chat/completions?x=1", Provider.OPENAI, "/v1/chat/completions?x=1"),
+        ("/anthropic", Provider.ANTHROPIC, "/"),
+        ("/anthropic?beta=1", Provider.ANTHROPIC, "/?beta=1"),
+        ("/anthropicfoo/v1/messages", None, "/anthropicfoo/v1/messages"),
+        ("/v1/openai/x", None, "/v1/openai/x"),
+    ],
+)
 def test_provider_prefix_is_a_whole_first_segment(path, provider, rest):
     assert split_provider_prefix(path) == (provider, rest)
 
 
-@pytest.mark.parametrize("method, path, model, provider, gateway, by", [
-    ("POST", "/v1/chat/completions", "gpt-4o", Provider.OPENAI, False, "model"),
-    ("POST", "/v1/chat/completions", "claude-sonnet-4-6", Provider.ANTHROPIC, True, "model"),
-    ("POST", "/v1/messages", "claude-haiku-4-5", Provider.ANTHROPIC, False, "model"),
-    ("POST", "/anthropic/v1/messages", "anything", Provider.ANTHROPIC, False, "prefix"),
-    ("POST", "/openai/v1/chat/completions", "claude-x", Provider.OPENAI, False, "prefix"),
-    ("POST", "/anthropic/v1/chat/completions", None, Provider.ANTHROPIC, True, "prefix"),
-    ("GET", "/v1/models", None, Provider.OPENAI, False, "default"),
-    ("POST", "/v1/embeddings", "text-embedding-3-small", Provider.OPENAI, False, "model"),
-    ("POST", "/v1/v1/messages", "claude-haiku-4-5", Provider.ANTHROPIC, False, "model"),
-])
+@pytest.mark.parametrize(
+    "method, path, model, provider, gateway, by",
+    [
+        ("POST", "/v1/chat/completions", "gpt-4o", Provider.OPENAI, False, "model"),
+        ("POST", "/v1/chat/completions", "claude-sonnet-4-6", Provider.ANTHROPIC, True, "model"),
+        ("POST", "/v1/messages", "claude-haiku-4-5", Provider.ANTHROPIC, False, "model"),
+        ("POST", "/anthropic/v1/messages", "anything", Provider.ANTHROPIC, False, "prefix"),
+        ("POST", "/openai/v1/chat/completions", "claude-x", Provider.OPENAI, False, "prefix"),
+        ("POST", "/anthropic/v1/chat/completions", None, Provider.ANTHROPIC, True, "prefix"),
+        ("GET", "/v1/models", None, Provider.OPENAI, False, "default"),
+        ("POST", "/v1/embeddings", "text-embedding-3-small", Provider.OPENAI, False, "model"),
+        ("POST", "/v1/v1/messages", "claude-haiku-4-5", Provider.ANTHROPIC, False, "model"),
+    ],
+)
 def test_route(method, path, model, provider, gateway, by):
     r = route(method, path, {}, model)
     assert (r.provider, r.gateway, r.by) == (provider, gateway, by)
@@ -55,8 +61,9 @@ def test_route(method, path, model, provider, gateway, by):
 
 def test_route_path_drops_prefix_and_doubled_v1():
     assert route("POST", "/anthropic/v1/v1/messages", {}, None).path == "/v1/messages"
-    assert route("POST", "/v1/v1/messages?beta=true", {}, "claude-x").path == \
-        "/v1/messages?beta=true"
+    assert (
+        route("POST", "/v1/v1/messages?beta=true", {}, "claude-x").path == "/v1/messages?beta=true"
+    )
 
 
 def test_error_shape_follows_the_clients_api():
@@ -68,55 +75,85 @@ def test_error_shape_follows_the_clients_api():
     assert route("POST", "/anthropic/v1/chat/completions", {}, None).shape is ApiShape.OPENAI
 
 
-@pytest.mark.parametrize("headers, ok", [
-    ({"authorization": "Bearer tok"}, True),
-    ({"authorization": "bearer tok"}, True),
-    ({"x-api-key": "tok"}, True),
-    ({"authorization": "Bearer wrong", "x-api-key": "tok"}, True),
-    ({"authorization": "Bearer tok2"}, False),
-    ({"authorization": "tok"}, False),
-    ({"authorization": "Basic dG9r"}, False),
-    ({"x-api-key": ""}, False),
-    ({}, False),
-    ({"authorization": "Bearer tökén"}, False),
-])
+@pytest.mark.parametrize(
+    "headers, ok",
+    [
+        ({"authorization": "Bearer tok"}, True),
+        ({"authorization": "bearer tok"}, True),
+        ({"x-api-key": "tok"}, True),
+        ({"authorization": "Bearer wrong", "x-api-key": "tok"}, True),
+        ({"authorization": "Bearer tok2"}, False),
+        ({"authorization": "tok"}, False),
+        ({"authorization": "Basic dG9r"}, False),
+        ({"x-api-key": ""}, False),
+        ({}, False),
+        ({"authorization": "Bearer tökén"}, False),
+    ],
+)
 def test_token_matches(headers, ok):
     assert token_matches(headers, "tok") is ok
 
 
 def test_upstream_request_headers_for_openai():
-    h = fields(Host="127.0.0.1:8080", Authorization="Bearer ic", x_api_key="ic",
-               connection="keep-alive", OpenAI_Organization="org", user_agent="OpenAI/Python",
-               x_iron_debug="1", cookie="c=1", Idempotency_Key="k1")
+    h = fields(
+        Host="127.0.0.1:8080",
+        Authorization="Bearer ic",
+        x_api_key="ic",
+        connection="keep-alive",
+        OpenAI_Organization="org",
+        user_agent="OpenAI/Python",
+        x_iron_debug="1",
+        cookie="c=1",
+        Idempotency_Key="k1",
+    )
     out = upstream_request_fields(h, Provider.OPENAI, "sk-real", "api.openai.com")
-    assert as_dict(out) == {"host": "api.openai.com", "authorization": "Bearer sk-real",
-                            "openai-organization": "org", "user-agent": "OpenAI/Python",
-                            "idempotency-key": "k1"}
+    assert as_dict(out) == {
+        "host": "api.openai.com",
+        "authorization": "Bearer sk-real",
+        "openai-organization": "org",
+        "user-agent": "OpenAI/Python",
+        "idempotency-key": "k1",
+    }
     assert out[1][0] == b"OpenAI-Organization"  # names keep the client's spelling
 
 
-@pytest.mark.parametrize("client_version, sent", [
-    (None, "2023-06-01"), ("2026-10-21", "2026-10-21"), ("garbage", "2023-06-01"),
-])
+@pytest.mark.parametrize(
+    "client_version, sent",
+    [
+        (None, "2023-06-01"),
+        ("2026-10-21", "2026-10-21"),
+        ("garbage", "2023-06-01"),
+    ],
+)
 def test_upstream_request_headers_for_anthropic(client_version, sent):
     h = fields(authorization="Bearer ic", anthropic_beta="tools-2024")
     if client_version:
         h += fields(Anthropic_Version=client_version)
     out = upstream_request_fields(h, Provider.ANTHROPIC, "sk-ant-real", "api.anthropic.com")
-    assert as_dict(out) == {"host": "api.anthropic.com", "x-api-key": "sk-ant-real",
-                            "anthropic-version": sent, "anthropic-beta": "tools-2024"}
+    assert as_dict(out) == {
+        "host": "api.anthropic.com",
+        "x-api-key": "sk-ant-real",
+        "anthropic-version": sent,
+        "anthropic-beta": "tools-2024",
+    }
 
 
 def test_masking_and_client_response_headers():
-    h = fields(authorization="Bearer sk-real-key-123456", x_api_key="sk-real-key-123456",
-               accept="*/*")
+    h = fields(
+        authorization="Bearer sk-real-key-123456", x_api_key="sk-real-key-123456", accept="*/*"
+    )
     masked = masked_fields(h, mask_secret("sk-real-key-123456"))
     assert "sk-real-key-123456" not in str(masked)
-    assert as_dict(masked) == {"authorization": "Bearer sk-…3456", "x-api-key": "sk-…3456",
-                               "accept": "*/*"}
+    assert as_dict(masked) == {
+        "authorization": "Bearer sk-…3456",
+        "x-api-key": "sk-…3456",
+        "accept": "*/*",
+    }
     resp = fields(Connection="close", keep_alive="5", x_request_id="r1")
-    assert as_dict(client_response_fields(resp, "rid")) == {"x-request-id": "r1",
-                                                            "x-iron-request-id": "rid"}
+    assert as_dict(client_response_fields(resp, "rid")) == {
+        "x-request-id": "r1",
+        "x-iron-request-id": "rid",
+    }
 
 
 def test_mask_secret_never_reveals_short_secrets():
@@ -157,11 +194,14 @@ def test_upstream_netloc():
     assert Upstream.parse("http://[::1]:9000").netloc == "[::1]:9000"
 
 
-@pytest.mark.parametrize("url, parsed", [
-    ("https://api.openai.com", ("https", "api.openai.com", 443, "")),
-    ("http://127.0.0.1:9000/v1", ("http", "127.0.0.1", 9000, "")),
-    ("https://gw.example.com/openai/v1/", ("https", "gw.example.com", 443, "/openai")),
-])
+@pytest.mark.parametrize(
+    "url, parsed",
+    [
+        ("https://api.openai.com", ("https", "api.openai.com", 443, "")),
+        ("http://127.0.0.1:9000/v1", ("http", "127.0.0.1", 9000, "")),
+        ("https://gw.example.com/openai/v1/", ("https", "gw.example.com", 443, "/openai")),
+    ],
+)
 def test_upstream_parse(url, parsed):
     u = Upstream.parse(url)
     assert (u.scheme, u.host, u.port, u.base_path) == parsed
@@ -183,10 +223,8 @@ def test_upstream_env_override(monkeypatch):
 def test_error_bodies_in_both_shapes():
     err = errors.bad_token()
     o = json.loads(err.body(ApiShape.OPENAI))
-    assert o["error"]["code"] == "invalid_api_key" and o["error"]["type"] == \
-        "authentication_error"
+    assert o["error"]["code"] == "invalid_api_key" and o["error"]["type"] == "authentication_error"
     a = json.loads(err.body(ApiShape.ANTHROPIC))
-    assert a == {"type": "error", "error": {"type": "authentication_error",
-                                            "message": err.message}}
+    assert a == {"type": "error", "error": {"type": "authentication_error", "message": err.message}}
     a = json.loads(errors.key_unavailable(503, "m").body(ApiShape.ANTHROPIC))
     assert a["error"]["type"] == "iron_cage_key_unavailable"

@@ -29,8 +29,10 @@ def _gone(pid: int, within: float = 10.0) -> bool:
 
 
 def test_missing_arguments_raise_the_originals_value_error():
-    with pytest.raises(ValueError, match="Either 'provider_key' or both 'api_key' and "
-                                         "'server_url' must be provided"):
+    with pytest.raises(
+        ValueError,
+        match="Either 'provider_key' or both 'api_key' and 'server_url' must be provided",
+    ):
         LlmRouter()
     with pytest.raises(ValueError):
         LlmRouter(api_key="ic_token_only")
@@ -79,9 +81,14 @@ def test_two_routers_route_their_own_traffic(openai_emu, anthropic_emu):
     from iron_runtime.testing import OpenAIEmulator
 
     with OpenAIEmulator(api_key="sk-second-emulator-key") as other_emu:
-        with make_router(openai_emu, anthropic_emu, api_key="token-one") as one, \
-             LlmRouter(provider_key=other_emu.api_key, api_key="token-two",
-                       upstreams={"openai": other_emu.url}) as two:
+        with (
+            make_router(openai_emu, anthropic_emu, api_key="token-one") as one,
+            LlmRouter(
+                provider_key=other_emu.api_key,
+                api_key="token-two",
+                upstreams={"openai": other_emu.url},
+            ) as two,
+        ):
             assert one.port != two.port
             c1 = openai.OpenAI(base_url=one.base_url, api_key="token-one", max_retries=0)
             c2 = openai.OpenAI(base_url=two.base_url, api_key="token-two", max_retries=0)
@@ -92,8 +99,9 @@ def test_two_routers_route_their_own_traffic(openai_emu, anthropic_emu):
             assert [q.json()["model"] for q in openai_emu.requests] == ["gpt-4o"] * 3
             assert [q.json()["model"] for q in other_emu.requests] == ["gpt-4o-mini"] * 3
             with pytest.raises(openai.AuthenticationError):  # each has its own token
-                openai.OpenAI(base_url=two.base_url, api_key="token-one",
-                              max_retries=0).models.list()
+                openai.OpenAI(
+                    base_url=two.base_url, api_key="token-one", max_retries=0
+                ).models.list()
 
 
 def test_fixed_port_and_port_in_use(openai_emu):
@@ -119,8 +127,11 @@ _ORPHAN = textwrap.dedent("""
 def test_router_does_not_outlive_its_process(how, tmp_path):
     script = tmp_path / "agent.py"
     script.write_text(_ORPHAN)
-    agent = subprocess.Popen([sys.executable, str(script), "hang" if how == "sigkill" else "exit"],
-                             stdout=subprocess.PIPE, text=True)
+    agent = subprocess.Popen(
+        [sys.executable, str(script), "hang" if how == "sigkill" else "exit"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     pid, port = map(int, agent.stdout.readline().split())
     if how == "sigkill":
         agent.send_signal(signal.SIGKILL)
@@ -145,7 +156,8 @@ def test_server_mode_without_key_fetching_answers_503():
         assert r.provider == "unknown"
         client = openai.OpenAI(base_url=r.base_url, api_key="ic_token", max_retries=0)
         with pytest.raises(openai.APIStatusError) as err:
-            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user",
-                                                                      "content": "x"}])
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+            )
         assert err.value.status_code == 503
         assert err.value.code == "key_unavailable"

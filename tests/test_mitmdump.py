@@ -34,16 +34,35 @@ def mitmdump(openai_emu, anthropic_emu, tmp_path):
     flows = tmp_path / "flows.mitm"
     env = {**os.environ, "EMU_OPENAI_KEY": openai_emu.api_key}
     proc = subprocess.Popen(
-        [str(MITMDUMP), "-q", "-s", str(ROOT / "addons" / "iron.py"),
-         "--listen-host", "127.0.0.1", "--listen-port", str(port),
-         "--set", f"confdir={tmp_path / 'certs'}",
-         "--set", "iron_token=agent-token",
-         "--set", "iron_openai_key=env:EMU_OPENAI_KEY",
-         "--set", f"iron_anthropic_key={anthropic_emu.api_key}",
-         "--set", f"iron_openai_upstream={openai_emu.url}",
-         "--set", f"iron_anthropic_upstream={anthropic_emu.url}",
-         "-w", str(flows)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            str(MITMDUMP),
+            "-q",
+            "-s",
+            str(ROOT / "addons" / "iron.py"),
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--set",
+            f"confdir={tmp_path / 'certs'}",
+            "--set",
+            "iron_token=agent-token",
+            "--set",
+            "iron_openai_key=env:EMU_OPENAI_KEY",
+            "--set",
+            f"iron_anthropic_key={anthropic_emu.api_key}",
+            "--set",
+            f"iron_openai_upstream={openai_emu.url}",
+            "--set",
+            f"iron_anthropic_upstream={anthropic_emu.url}",
+            "-w",
+            str(flows),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while not _healthy(port):
@@ -57,19 +76,22 @@ def mitmdump(openai_emu, anthropic_emu, tmp_path):
 
 
 def test_mitmdump_serves_both_providers_and_never_stores_the_real_key(
-        mitmdump, openai_emu, anthropic_emu):
+    mitmdump, openai_emu, anthropic_emu
+):
     import anthropic
 
     port, flows = mitmdump
     base = f"http://127.0.0.1:{port}/v1"
     oai = openai.OpenAI(base_url=base, api_key="agent-token", max_retries=0)
-    reply = oai.chat.completions.create(model="gpt-4o",
-                                        messages=[{"role": "user", "content": "via mitmdump"}])
+    reply = oai.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "via mitmdump"}]
+    )
     assert reply.choices[0].message.content == "Echo: via mitmdump"
     assert openai_emu.requests[-1].headers["authorization"] == f"Bearer {openai_emu.api_key}"
     claude = anthropic.Anthropic(base_url=base, api_key="agent-token", max_retries=0)
-    with claude.messages.stream(model="claude-haiku-4-5", max_tokens=50,
-                                messages=[{"role": "user", "content": "streamed"}]) as s:
+    with claude.messages.stream(
+        model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "streamed"}]
+    ) as s:
         assert "".join(s.text_stream) == "Echo: streamed"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key="direct", max_retries=0).models.list()
@@ -77,8 +99,11 @@ def test_mitmdump_serves_both_providers_and_never_stores_the_real_key(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with open(flows, "rb") as f:
-            stored = [fl for fl in mitm_io.FlowReader(f).stream()
-                      if "provider" in fl.metadata.get("iron", {})]
+            stored = [
+                fl
+                for fl in mitm_io.FlowReader(f).stream()
+                if "provider" in fl.metadata.get("iron", {})
+            ]
         if len(stored) >= 2:
             break
         time.sleep(0.1)
@@ -93,9 +118,22 @@ def test_mitmdump_refuses_to_expose_the_default_token(tmp_path):
     if not shutil.which(str(MITMDUMP)):
         pytest.skip("mitmdump not installed next to this Python")
     out = subprocess.run(
-        [str(MITMDUMP), "-s", str(ROOT / "addons" / "iron.py"), "--listen-host", "0.0.0.0",
-         "--listen-port", str(free_port()), "--set", f"confdir={tmp_path}",
-         "--set", "iron_provider_key=sk-x"],
-        capture_output=True, text=True, timeout=30)
+        [
+            str(MITMDUMP),
+            "-s",
+            str(ROOT / "addons" / "iron.py"),
+            "--listen-host",
+            "0.0.0.0",
+            "--listen-port",
+            str(free_port()),
+            "--set",
+            f"confdir={tmp_path}",
+            "--set",
+            "iron_provider_key=sk-x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode != 0
     assert "Refusing to listen on 0.0.0.0 with the default token" in out.stdout + out.stderr

@@ -23,9 +23,14 @@ def test_openai_chat_completion_goes_through_with_the_real_key(oai, router, open
 
 
 def test_openai_chat_completion_streams_chunks_and_usage(oai, openai_emu):
-    chunks = list(oai.chat.completions.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Echo: hello through the router"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
@@ -33,12 +38,22 @@ def test_openai_chat_completion_streams_chunks_and_usage(oai, openai_emu):
 
 
 def test_openai_tool_call_comes_back(oai):
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string"}},
-            "required": ["city"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
     completion = oai.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "call get_weather"}], tools=tools)
+        model="gpt-4o", messages=[{"role": "user", "content": "call get_weather"}], tools=tools
+    )
     call = completion.choices[0].message.tool_calls[0]
     assert completion.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather"
@@ -58,8 +73,9 @@ def test_anthropic_messages_go_through_with_x_api_key_and_version(claude, router
 
 
 def test_anthropic_messages_stream_every_event(claude, anthropic_emu):
-    with claude.messages.stream(model="claude-haiku-4-5", max_tokens=100,
-                                messages=MESSAGES) as stream:
+    with claude.messages.stream(
+        model="claude-haiku-4-5", max_tokens=100, messages=MESSAGES
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "Echo: hello through the router"
@@ -70,16 +86,23 @@ def test_anthropic_messages_stream_every_event(claude, anthropic_emu):
 def test_anthropic_version_defaults_when_client_sends_none(router, anthropic_emu):
     import httpx
 
-    r = httpx.post(router.base_url.removesuffix("/v1") + "/anthropic/v1/messages",
-                   headers={"x-api-key": router.api_key},
-                   json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": MESSAGES})
+    r = httpx.post(
+        router.base_url.removesuffix("/v1") + "/anthropic/v1/messages",
+        headers={"x-api-key": router.api_key},
+        json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": MESSAGES},
+    )
     assert r.status_code == 200, r.text
     assert anthropic_emu.requests[-1].headers["anthropic-version"] == "2023-06-01"
 
 
 def test_client_headers_reach_the_provider(router, openai_emu, anthropic_emu):
-    client = openai.OpenAI(base_url=router.base_url, api_key=router.api_key, max_retries=0,
-                           organization="org-emu", project="proj-emu")
+    client = openai.OpenAI(
+        base_url=router.base_url,
+        api_key=router.api_key,
+        max_retries=0,
+        organization="org-emu",
+        project="proj-emu",
+    )
     client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     seen = openai_emu.requests[-1].headers
     assert seen["openai-organization"] == "org-emu"
@@ -87,15 +110,20 @@ def test_client_headers_reach_the_provider(router, openai_emu, anthropic_emu):
     assert seen["user-agent"].startswith("OpenAI/Python")
 
     claude = anthropic.Anthropic(base_url=router.base_url, api_key=router.api_key, max_retries=0)
-    claude.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES,
-                           extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"})
+    claude.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=5,
+        messages=MESSAGES,
+        extra_headers={"anthropic-beta": "prompt-caching-2024-07-31"},
+    )
     assert anthropic_emu.requests[-1].headers["anthropic-beta"] == "prompt-caching-2024-07-31"
 
 
 def test_path_prefix_picks_the_provider(router, anthropic_emu, openai_emu):
     base = router.base_url.removesuffix("/v1")
-    claude = anthropic.Anthropic(base_url=base + "/anthropic", api_key=router.api_key,
-                                 max_retries=0)
+    claude = anthropic.Anthropic(
+        base_url=base + "/anthropic", api_key=router.api_key, max_retries=0
+    )
     claude.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES)
     assert anthropic_emu.requests[-1].path == "/v1/messages"
     # a model name the router would send to OpenAI still goes to Anthropic under /anthropic
@@ -116,7 +144,8 @@ def test_model_name_routes_without_prefix(oai, openai_emu, anthropic_emu):
 def test_query_string_is_kept(router, openai_emu):
     import httpx
 
-    r = httpx.get(router.base_url + "/models?limit=2",
-                  headers={"authorization": f"Bearer {router.api_key}"})
+    r = httpx.get(
+        router.base_url + "/models?limit=2", headers={"authorization": f"Bearer {router.api_key}"}
+    )
     assert r.status_code == 200
     assert openai_emu.requests[-1].path == "/v1/models?limit=2"

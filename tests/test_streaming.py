@@ -15,8 +15,10 @@ def test_openai_stream_first_chunk_arrives_long_before_the_last_is_sent(oai, ope
     openai_emu.inject(Fault(chunk_delay=PAUSE))
     arrivals = []
     stream = oai.chat.completions.create(
-        model="gpt-4o", stream=True,
-        messages=[{"role": "user", "content": "one two three four five six"}])
+        model="gpt-4o",
+        stream=True,
+        messages=[{"role": "user", "content": "one two three four five six"}],
+    )
     for _chunk in stream:
         arrivals.append(time.monotonic())
     sent = openai_emu.events_sent
@@ -30,8 +32,11 @@ def test_openai_stream_first_chunk_arrives_long_before_the_last_is_sent(oai, ope
 def test_anthropic_stream_events_arrive_one_by_one(claude, anthropic_emu):
     anthropic_emu.inject(Fault(chunk_delay=PAUSE))
     arrivals = []
-    with claude.messages.stream(model="claude-haiku-4-5", max_tokens=100,
-                                messages=[{"role": "user", "content": "a b c d e"}]) as stream:
+    with claude.messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "a b c d e"}],
+    ) as stream:
         for _event in stream:
             arrivals.append(time.monotonic())
     sent = anthropic_emu.events_sent
@@ -40,12 +45,19 @@ def test_anthropic_stream_events_arrive_one_by_one(claude, anthropic_emu):
 
 def test_client_hanging_up_mid_stream_leaves_the_router_serving(router, oai, openai_emu):
     openai_emu.inject(Fault(chunk_delay=0.2))
-    with httpx.stream("POST", router.base_url + "/chat/completions",
-                      headers={"authorization": f"Bearer {router.api_key}"},
-                      json={"model": "gpt-4o", "stream": True,
-                            "messages": [{"role": "user", "content": "a b c d e f g h"}]}) as r:
+    with httpx.stream(
+        "POST",
+        router.base_url + "/chat/completions",
+        headers={"authorization": f"Bearer {router.api_key}"},
+        json={
+            "model": "gpt-4o",
+            "stream": True,
+            "messages": [{"role": "user", "content": "a b c d e f g h"}],
+        },
+    ) as r:
         first = next(r.iter_raw())
         assert first.startswith(b"data: ")
     # the client is gone; the next request is served normally
     assert oai.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]).choices
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    ).choices

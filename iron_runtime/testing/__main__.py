@@ -16,8 +16,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--reply", default=None, help="fixed reply text")
-    parser.add_argument("--chunk-delay", type=float, default=0.0,
-                        help="seconds between streamed events")
+    parser.add_argument(
+        "--chunk-delay", type=float, default=0.0, help="seconds between streamed events"
+    )
     args = parser.parse_args()
     cls = OpenAIEmulator if args.provider == "openai" else AnthropicEmulator
     kw = {"api_key": args.api_key} if args.api_key else {}

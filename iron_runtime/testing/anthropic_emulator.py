@@ -15,9 +15,23 @@ from .script import arguments_for, chosen_tool, count_tokens, reply_words, text_
 _ids = itertools.count(1)
 
 MESSAGES_FIELDS = {
-    "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
-    "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
-    "container", "mcp_servers", "context_management",
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "metadata",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+    "container",
+    "mcp_servers",
+    "context_management",
 }
 
 
@@ -54,10 +68,12 @@ class AnthropicEmulator(Emulator):
             return _error(400, "Request body must be a JSON object")
         reply = self._validate(body) or self._message(body)
         reply.fault = fault
-        reply.headers.update({
-            "request-id": f"req_emu_{next(_ids)}",
-            "anthropic-ratelimit-requests-remaining": "9999",
-        })
+        reply.headers.update(
+            {
+                "request-id": f"req_emu_{next(_ids)}",
+                "anthropic-ratelimit-requests-remaining": "9999",
+            }
+        )
         return reply
 
     def _validate(self, body: dict[str, Any]) -> Reply | None:
@@ -77,10 +93,14 @@ class AnthropicEmulator(Emulator):
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
                 role = msg.get("role") if isinstance(msg, dict) else None
-                hint = (" (use the top-level system parameter for system prompts)"
-                        if role == "system" else "")
-                return _error(400, f"messages.{i}.role: Input should be 'user' or "
-                                   f"'assistant'{hint}")
+                hint = (
+                    " (use the top-level system parameter for system prompts)"
+                    if role == "system"
+                    else ""
+                )
+                return _error(
+                    400, f"messages.{i}.role: Input should be 'user' or 'assistant'{hint}"
+                )
             content = msg.get("content")
             if isinstance(content, str):
                 if not content and not (i == len(messages) - 1 and msg["role"] == "assistant"):
@@ -88,20 +108,22 @@ class AnthropicEmulator(Emulator):
             elif not isinstance(content, list):
                 return _error(400, f"messages.{i}.content: Input should be a string or a list")
         if messages[0]["role"] != "user":
-            return _error(400, "messages: first message must use the \"user\" role")
+            return _error(400, 'messages: first message must use the "user" role')
         for seq in body.get("stop_sequences") or []:
             if not isinstance(seq, str) or not seq.strip():
-                return _error(400, "stop_sequences: each stop sequence must contain "
-                                   "non-whitespace")
+                return _error(400, "stop_sequences: each stop sequence must contain non-whitespace")
         temperature = body.get("temperature")
         if temperature is not None and not (0 <= temperature <= 1):
             return _error(400, "temperature: must be between 0 and 1")
         return None
 
     def _usage(self, prompt: int, output: int) -> dict[str, Any]:
-        return {"input_tokens": prompt, "output_tokens": output,
-                "cache_creation_input_tokens": self.cache_write_tokens,
-                "cache_read_input_tokens": self.cache_read_tokens}
+        return {
+            "input_tokens": prompt,
+            "output_tokens": output,
+            "cache_creation_input_tokens": self.cache_write_tokens,
+            "cache_read_input_tokens": self.cache_read_tokens,
+        }
 
     def _message(self, body: dict[str, Any]) -> Reply:
         model = body["model"]
@@ -116,8 +138,12 @@ class AnthropicEmulator(Emulator):
         choice = body.get("tool_choice") or {"type": "auto"}
         tool = None
         if choice.get("type") != "none" and body["messages"][-1]["role"] == "user":
-            tool = chosen_tool(tools, choice.get("name") if choice.get("type") == "tool" else None,
-                               last_user, choice.get("type") == "any")
+            tool = chosen_tool(
+                tools,
+                choice.get("name") if choice.get("type") == "tool" else None,
+                last_user,
+                choice.get("type") == "any",
+            )
         words = reply_words(last_user, self.reply_text)
         stop_reason = "end_turn"
         if tool is not None:
@@ -128,46 +154,91 @@ class AnthropicEmulator(Emulator):
         if words:
             blocks.append({"type": "text", "text": "".join(words)})
         if tool is not None:
-            blocks.append({"type": "tool_use", "id": f"toolu_emu{next(_ids)}",
-                           "name": tool["name"],
-                           "input": arguments_for(tool.get("input_schema"))})
-        output = len(words) + sum(count_tokens(json.dumps(b["input"])) + 2
-                                  for b in blocks if b["type"] == "tool_use")
-        message = {"id": f"msg_emu{next(_ids)}", "type": "message", "role": "assistant",
-                   "model": model, "content": blocks, "stop_reason": stop_reason,
-                   "stop_sequence": None, "usage": self._usage(prompt, output)}
+            blocks.append(
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_emu{next(_ids)}",
+                    "name": tool["name"],
+                    "input": arguments_for(tool.get("input_schema")),
+                }
+            )
+        output = len(words) + sum(
+            count_tokens(json.dumps(b["input"])) + 2 for b in blocks if b["type"] == "tool_use"
+        )
+        message = {
+            "id": f"msg_emu{next(_ids)}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": blocks,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": self._usage(prompt, output),
+        }
         if body.get("stream"):
             return Reply(200, events=self._stream(message, words))
         return Reply(200, message)
 
     def _stream(self, message: dict[str, Any], words: list[str]):
-        start = {**message, "content": [], "stop_reason": None,
-                 "usage": {**message["usage"], "output_tokens": 1}}
+        start = {
+            **message,
+            "content": [],
+            "stop_reason": None,
+            "usage": {**message["usage"], "output_tokens": 1},
+        }
         yield sse({"type": "message_start", "message": start}, "message_start")
         for index, block in enumerate(message["content"]):
             if block["type"] == "text":
-                yield sse({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "text", "text": ""}}, "content_block_start")
+                yield sse(
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    },
+                    "content_block_start",
+                )
                 if index == 0:
                     yield sse({"type": "ping"}, "ping")
                 for word in words:
-                    yield sse({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "text_delta", "text": word}},
-                              "content_block_delta")
+                    yield sse(
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": word},
+                        },
+                        "content_block_delta",
+                    )
             else:
-                yield sse({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "tool_use", "id": block["id"],
-                                             "name": block["name"], "input": {}}},
-                          "content_block_start")
+                yield sse(
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": block["id"],
+                            "name": block["name"],
+                            "input": {},
+                        },
+                    },
+                    "content_block_start",
+                )
                 args = json.dumps(block["input"])
                 for i in range(0, len(args), 8):
-                    yield sse({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "input_json_delta",
-                                         "partial_json": args[i:i + 8]}},
-                              "content_block_delta")
+                    yield sse(
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": args[i : i + 8]},
+                        },
+                        "content_block_delta",
+                    )
             yield sse({"type": "content_block_stop", "index": index}, "content_block_stop")
-        yield sse({"type": "message_delta",
-                   "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-                   "usage": {"output_tokens": message["usage"]["output_tokens"]}},
-                  "message_delta")
+        yield sse(
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                "usage": {"output_tokens": message["usage"]["output_tokens"]},
+            },
+            "message_delta",
+        )
         yield sse({"type": "message_stop"}, "message_stop")

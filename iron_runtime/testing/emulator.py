@@ -16,9 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
-    502: "Bad Gateway", 503: "Service Unavailable", 529: "Overloaded",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    529: "Overloaded",
 }
 
 
@@ -72,8 +80,9 @@ class Emulator:
 
     name = "emulator"
 
-    def __init__(self, api_key: str, host: str = "127.0.0.1", port: int = 0,
-                 record: bool = True) -> None:
+    def __init__(
+        self, api_key: str, host: str = "127.0.0.1", port: int = 0, record: bool = True
+    ) -> None:
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -221,14 +230,21 @@ class Emulator:
         status_line = f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}\r\n"
         if reply.events is None:
             body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-            head = [status_line, "content-type: application/json\r\n",
-                    f"content-length: {len(body)}\r\n"]
+            head = [
+                status_line,
+                "content-type: application/json\r\n",
+                f"content-length: {len(body)}\r\n",
+            ]
             head += [f"{k}: {v}\r\n" for k, v in reply.headers.items()]
             writer.write("".join(head).encode() + b"\r\n" + body)
             await writer.drain()
             return
-        head = [status_line, "content-type: text/event-stream; charset=utf-8\r\n",
-                "cache-control: no-cache\r\n", "transfer-encoding: chunked\r\n"]
+        head = [
+            status_line,
+            "content-type: text/event-stream; charset=utf-8\r\n",
+            "cache-control: no-cache\r\n",
+            "transfer-encoding: chunked\r\n",
+        ]
         head += [f"{k}: {v}\r\n" for k, v in reply.headers.items()]
         writer.write("".join(head).encode() + b"\r\n")
         await writer.drain()
@@ -259,4 +275,3 @@ def sse(data: Any, event: str | None = None) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     prefix = f"event: {event}\n" if event else ""
     return f"{prefix}data: {payload}\n\n".encode()
-

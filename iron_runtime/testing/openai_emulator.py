@@ -13,10 +13,16 @@ from .script import arguments_for, chosen_tool, count_tokens, reply_words, text_
 _ids = itertools.count(1)
 
 
-def _error(status: int, message: str, type_: str = "invalid_request_error",
-           code: str | None = None, param: str | None = None) -> Reply:
-    return Reply(status, {"error": {"message": message, "type": type_, "param": param,
-                                    "code": code}})
+def _error(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> Reply:
+    return Reply(
+        status, {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
 
 
 class OpenAIEmulator(Emulator):
@@ -32,12 +38,18 @@ class OpenAIEmulator(Emulator):
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return _error(401, "Incorrect API key provided.", code="invalid_api_key")
         if path == "/v1/models" and request.method == "GET":
-            return Reply(200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 1700000000, "owned_by": "emulator"}
-                for m in ("gpt-4o", "gpt-4o-mini", "gpt-5-mini")]})
+            return Reply(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": m, "object": "model", "created": 1700000000, "owned_by": "emulator"}
+                        for m in ("gpt-4o", "gpt-4o-mini", "gpt-5-mini")
+                    ],
+                },
+            )
         if path != "/v1/chat/completions" or request.method != "POST":
-            return _error(404, f"Unknown request URL: {request.method} {path}.",
-                          code="unknown_url")
+            return _error(404, f"Unknown request URL: {request.method} {path}.", code="unknown_url")
         fault = self.next_fault()
         try:
             body = json.loads(request.body)
@@ -47,11 +59,13 @@ class OpenAIEmulator(Emulator):
             return _error(400, "Request body must be a JSON object.")
         reply = self._chat(body)
         reply.fault = fault
-        reply.headers.update({
-            "x-request-id": f"req_emu_{next(_ids)}",
-            "openai-processing-ms": "1",
-            "x-ratelimit-remaining-requests": "9999",
-        })
+        reply.headers.update(
+            {
+                "x-request-id": f"req_emu_{next(_ids)}",
+                "openai-processing-ms": "1",
+                "x-ratelimit-remaining-requests": "9999",
+            }
+        )
         return reply
 
     def _chat(self, body: dict[str, Any]) -> Reply:
@@ -67,14 +81,16 @@ class OpenAIEmulator(Emulator):
         last_user = ""
         for msg in messages:
             if not isinstance(msg, dict) or "role" not in msg:
-                return _error(400, "Each message must be an object with a role.",
-                              param="messages")
+                return _error(400, "Each message must be an object with a role.", param="messages")
             text = text_of(msg.get("content"))
             prompt += count_tokens(text) + 3
             if msg["role"] == "user":
                 last_user = text
-        tools = [t["function"] for t in body.get("tools") or []
-                 if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+        tools = [
+            t["function"]
+            for t in body.get("tools") or []
+            if isinstance(t, dict) and isinstance(t.get("function"), dict)
+        ]
         choice = body.get("tool_choice", "auto")
         forced = choice["function"]["name"] if isinstance(choice, dict) else None
         tool = None
@@ -89,62 +105,124 @@ class OpenAIEmulator(Emulator):
             words, finish = words[:limit], "length"
         call = None
         if tool is not None:
-            call = {"id": f"call_emu_{next(_ids)}", "type": "function",
-                    "function": {"name": tool["name"],
-                                 "arguments": json.dumps(arguments_for(tool.get("parameters")))}}
+            call = {
+                "id": f"call_emu_{next(_ids)}",
+                "type": "function",
+                "function": {
+                    "name": tool["name"],
+                    "arguments": json.dumps(arguments_for(tool.get("parameters"))),
+                },
+            }
         completion = len(words) + (count_tokens(call["function"]["arguments"]) + 2 if call else 0)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return Reply(200, events=self._stream(model, words, call, prompt, completion,
-                                                  finish, include_usage))
+            return Reply(
+                200,
+                events=self._stream(model, words, call, prompt, completion, finish, include_usage),
+            )
         return Reply(200, self._completion(model, words, call, prompt, completion, finish))
 
     def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
         return {
-            "prompt_tokens": prompt, "completion_tokens": completion,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt),
-                                      "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0,
-                                          "rejected_prediction_tokens": 0},
+            "prompt_tokens_details": {
+                "cached_tokens": min(self.cached_tokens, prompt),
+                "audio_tokens": 0,
+            },
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
 
-    def _completion(self, model: str, words: list[str], call: dict | None, prompt: int,
-                    completion: int, finish: str) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(words) or None,
-                                   "refusal": None}
+    def _completion(
+        self,
+        model: str,
+        words: list[str],
+        call: dict | None,
+        prompt: int,
+        completion: int,
+        finish: str,
+    ) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(words) or None,
+            "refusal": None,
+        }
         if call:
             message["tool_calls"] = [call]
         return {
-            "id": f"chatcmpl-emu{next(_ids)}", "object": "chat.completion",
-            "created": int(time.time()), "model": model, "system_fingerprint": "fp_emu",
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": finish}],
+            "id": f"chatcmpl-emu{next(_ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_emu",
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
             "usage": self._usage(prompt, completion),
         }
 
-    def _stream(self, model: str, words: list[str], call: dict | None, prompt: int,
-                completion: int, finish: str, include_usage: bool):
-        base = {"id": f"chatcmpl-emu{next(_ids)}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model, "system_fingerprint": "fp_emu"}
+    def _stream(
+        self,
+        model: str,
+        words: list[str],
+        call: dict | None,
+        prompt: int,
+        completion: int,
+        finish: str,
+        include_usage: bool,
+    ):
+        base = {
+            "id": f"chatcmpl-emu{next(_ids)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_emu",
+        }
         extra = {"usage": None} if include_usage else {}
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            return sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                             "finish_reason": finish_reason}], **extra})
+            return sse(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": delta,
+                            "logprobs": None,
+                            "finish_reason": finish_reason,
+                        }
+                    ],
+                    **extra,
+                }
+            )
 
         yield chunk({"role": "assistant", "content": "", "refusal": None})
         for word in words:
             yield chunk({"content": word})
         if call:
             args = call["function"]["arguments"]
-            yield chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
-                                         "function": {"name": call["function"]["name"],
-                                                      "arguments": ""}}]})
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
             for i in range(0, len(args), 8):
-                yield chunk({"tool_calls": [{"index": 0,
-                                             "function": {"arguments": args[i:i + 8]}}]})
+                yield chunk(
+                    {"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 8]}}]}
+                )
         yield chunk({}, finish)
         if include_usage:
             yield sse({**base, "choices": [], "usage": self._usage(prompt, completion)})

@@ -45,13 +45,15 @@ def arguments_for(schema: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in schema.get("required") or list(props)[:1]:
         kind = (props.get(name) or {}).get("type", "string")
-        out[name] = {"integer": 1, "number": 1.5, "boolean": True, "array": [],
-                     "object": {}}.get(kind, "Paris")
+        out[name] = {"integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}.get(
+            kind, "Paris"
+        )
     return out
 
 
-def chosen_tool(tools: list[dict[str, Any]], forced: str | None, last_user_text: str,
-                any_tool: bool) -> dict[str, Any] | None:
+def chosen_tool(
+    tools: list[dict[str, Any]], forced: str | None, last_user_text: str, any_tool: bool
+) -> dict[str, Any] | None:
     """The tool (name, schema) to call, or None to answer with text."""
     if not tools:
         return None
