@@ -5,6 +5,8 @@ The package must be installed (``pip install -e .``) so that the core can be imp
 
 try:
     from iron_runtime.addons.admin import Admin
+    from iron_runtime.addons.gateway import Gateway
+    from iron_runtime.addons.pricing import Pricing
     from iron_runtime.addons.router import Router
 except ModuleNotFoundError as e:  # pragma: no cover - a message for a checkout without install
     raise SystemExit(
@@ -14,7 +16,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - a message for a checkout 
 
 def make_addons() -> list:
     """A fresh set of iron_runtime addons, in the order their hooks must run."""
-    return [Admin(), Router()]
+    return [Pricing(), Admin(), Router(), Gateway()]
 
 
 addons = make_addons()

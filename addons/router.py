@@ -213,17 +213,8 @@ class Router:
         m["stream"] = bool(payload and payload.get("stream"))
         flow.comment = f"{model or req.path} → {r.provider.value}"
         if r.gateway:
-            m["translated"] = True
-            return answer_error(
-                flow,
-                errors.RouterError(
-                    501,
-                    "invalid_request_error",
-                    "not_implemented",
-                    "Claude models through the OpenAI chat.completions API are not served by "
-                    "this router version; call /v1/messages with the Anthropic SDK.",
-                ),
-            )
+            m["gateway"] = True
+            m["_payload"] = payload  # for the gateway addon, which removes it
 
         key = self.keys.get(r.provider)
         if key is None:
@@ -246,6 +237,7 @@ class Router:
             upstream.port,
         )
         req.path = upstream.base_path + r.path
+        m["upstream_base_path"] = upstream.base_path
         req.headers.fields = tuple(
             upstream_request_fields(req.headers.fields, r.provider, key, upstream.netloc)
         )
