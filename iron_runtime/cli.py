@@ -100,7 +100,51 @@ def demo(args: argparse.Namespace) -> int:
             ant.chunk_delay = 0.0
             _say("\n")
 
-            _say("5. A wrong token is refused before anything leaves the machine")
+            _say("5. OpenAI SDK → router → Anthropic: claude-sonnet-4-6 through chat.completions,")
+            _say("   streamed, with a tool call (the router translates request and SSE stream)")
+            ant.chunk_delay = 0.1
+            ant.script(
+                [
+                    {"type": "text", "text": "Let me look that up."},
+                    {"type": "tool_use", "name": "get_weather", "input": {"city": "Paris"}},
+                ]
+            )
+            weather = {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": "Current weather in a city",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}},
+                        "required": ["city"],
+                    },
+                },
+            }
+            print("   ", end="", flush=True)
+            finish = None
+            for chunk in client.chat.completions.create(
+                model="claude-sonnet-4-6",
+                stream=True,
+                tools=[weather],
+                messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+            ):
+                delta = chunk.choices[0].delta
+                if delta.content:
+                    print(delta.content, end="", flush=True)
+                for call in delta.tool_calls or []:
+                    if call.function and call.function.name:
+                        print(f"\n   tool call #{call.index}: {call.function.name}(", end="")
+                    if call.function and call.function.arguments:
+                        print(call.function.arguments, end="", flush=True)
+                finish = chunk.choices[0].finish_reason or finish
+            ant.chunk_delay = 0.0
+            _say(
+                f")\n   finish_reason: {finish}; Anthropic received /v1/messages with "
+                f"{len(ant.requests[-1].json()['tools'])} tool\n"
+            )
+
+            _say("6. A wrong token is refused before anything leaves the machine")
             try:
                 openai.OpenAI(
                     base_url=router.base_url, api_key="not-the-token", max_retries=0

@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
 """Benchmark: direct to the emulator vs bare mitmproxy vs the iron router, in one run.
 
-    .venv/bin/python scripts/bench.py [--duration 5] [--stream-requests 40]
+    .venv/bin/python scripts/bench.py [--duration 5] [--stream-requests 40] [--only openai]
 
-Every target answers from the same OpenAI emulator, which runs in its own process. The
-non-streamed load comes from ``wrk`` (Debian package ``wrk``) in another process, at
-concurrency 1, 10 and 50; streamed requests are timed by this script (time to first byte and
-per-chunk cost). Figures are printed as a table with the ratios
-router/bare and router/direct; nothing is asserted, since this machine is shared and noisy.
-Every run is bounded by ``--duration`` seconds.
+Each emulator (OpenAI, Anthropic) runs in its own process; so do the bare mitmproxy (the
+same lean master, without the iron addons) and the router. Non-streamed load comes from
+``wrk`` (Debian package ``wrk``) in another process, at concurrency 1, 10 and 50; streamed
+requests are timed by this script, one at a time: time to first byte on answers whose
+chunks come 5 ms apart (the first chunk is alone on the wire), and the per-chunk cost on
+200-chunk answers sent at once. Figures are printed with the ratios router/bare and
+router/direct; nothing is asserted, since this machine is shared and noisy. Every run is
+bounded by ``--duration`` seconds.
 
-Streams: time to first byte is measured on answers whose chunks come 5 ms apart (so the
-first chunk is alone on the wire); the per-chunk cost on 200-chunk answers sent at once.
+Rows:
+  openai:  direct, bare mitmproxy, iron router       (OpenAI chat.completions)
+  gateway: direct Anthropic, bare mitmproxy, iron router native /v1/messages, and
+           iron gateway (OpenAI chat.completions for a Claude model, translated both ways)
 """
 
 from __future__ import annotations
@@ -27,31 +31,38 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from iron_runtime import LlmRouter
 from iron_runtime.launcher import start_proxy_process, stop_proxy_process
 
-KEY = "sk-bench-openai-key-0123456789"
-BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello in one word"}]}
+OPENAI_KEY = "sk-bench-openai-key-0123456789"
+ANTHROPIC_KEY = "sk-ant-bench-anthropic-key-0123456789"
+PROMPT = "Say hello in one word"
 STREAM_WORDS = 200
 
 
-def start_emulator(
-    reply: str | None = None, chunk_delay: float = 0.0
-) -> tuple[subprocess.Popen, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "iron_runtime.testing",
-        "openai",
-        "--api-key",
-        KEY,
-        "--chunk-delay",
-        str(chunk_delay),
-    ]
-    if reply:
-        cmd += ["--reply", reply]
+@dataclass
+class Target:
+    name: str
+    url: str
+    path: str
+    headers: dict[str, str]
+    body: dict
+    results: dict = field(default_factory=dict)
+
+
+def chat_body(model: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
+
+
+def messages_body(model: str) -> dict:
+    return {**chat_body(model), "max_tokens": 100}
+
+
+def start_emulator(provider: str, key: str) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "iron_runtime.testing", provider, "--api-key", key]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     url = line.strip().rsplit(" ", 1)[-1]
@@ -61,14 +72,15 @@ def start_emulator(
     return proc, url
 
 
-def wrk(url: str, token: str, connections: int, duration: float, tmp: Path) -> dict:
+def wrk(t: Target, connections: int, duration: float, tmp: Path) -> dict:
     script = tmp / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(json.dumps(BODY))}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-    )
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(json.dumps(t.body))}",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in t.headers.items()]
+    script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(
         [
             "wrk",
@@ -78,7 +90,7 @@ def wrk(url: str, token: str, connections: int, duration: float, tmp: Path) -> d
             "--latency",
             "-s",
             str(script),
-            url + "/v1/chat/completions",
+            t.url + t.path,
         ],
         capture_output=True,
         text=True,
@@ -102,23 +114,21 @@ def wrk(url: str, token: str, connections: int, duration: float, tmp: Path) -> d
     }
 
 
-def stream_timings(
-    url: str, token: str, words: int, pause: float, count: int, deadline: float
-) -> dict:
-    """Median time to first event and to the end of streamed answers, one request at a time.
+def stream_timings(t: Target, words: int, pause: float, count: int, deadline: float) -> dict:
+    """Median time to the first event and to the end of streamed answers, one at a time.
 
-    The emulator echoes the prompt, so ``words`` words give that many chunks; ``pause`` is
-    how long it waits between chunks (sent as ``x-emulator-chunk-delay``).
+    The emulators echo the prompt, so ``words`` words give that many text chunks; ``pause``
+    is how long they wait between chunks (sent as ``x-emulator-chunk-delay``).
     """
-    host, port = url.removeprefix("http://").split(":")
+    host, port = t.url.removeprefix("http://").split(":")
     prompt = " ".join(["word"] * (words - 1))
     body = json.dumps(
-        {**BODY, "stream": True, "messages": [{"role": "user", "content": prompt}]}
+        {**t.body, "stream": True, "messages": [{"role": "user", "content": prompt}]}
     ).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in t.headers.items())
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        f"x-emulator-chunk-delay: {pause}\r\n"
+        f"POST {t.path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
+        f"Content-Type: application/json\r\nx-emulator-chunk-delay: {pause}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     ttfb, total = [], []
@@ -135,10 +145,12 @@ def stream_timings(
             while not buf.endswith(b"\r\n0\r\n\r\n"):
                 chunk = sock.recv(65536)
                 if not chunk:
-                    raise RuntimeError("connection closed mid-stream")
+                    raise RuntimeError(f"{t.name}: connection closed mid-stream")
                 buf += chunk
                 if first is None and b"data:" in buf:
                     first = time.perf_counter()
+            if not buf.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"{t.name}: {buf[:300]!r}")
             total.append(time.perf_counter() - t0)
             ttfb.append(first - t0)
     finally:
@@ -150,91 +162,134 @@ def stream_timings(
     }
 
 
+def measure(t: Target, conc: list[int], args, tmp: Path) -> None:
+    wrk(t, 10, 1, tmp)  # warm-up
+    t.results = {c: wrk(t, c, args.duration, tmp) for c in conc}
+    limit = time.monotonic() + 60
+    t.results["paced"] = stream_timings(t, 20, 0.005, args.stream_requests, limit)
+    t.results["burst"] = stream_timings(t, STREAM_WORDS, 0.0, args.stream_requests, limit)
+    print(f"  measured {t.name}", file=sys.stderr, flush=True)
+
+
+def report(title: str, targets: list[Target], conc: list[int], duration: float) -> None:
+    print(f"\n{title}: non-streamed, wrk -t1, {duration:.0f} s per cell")
+    print(
+        f"{'target':<22}"
+        + "".join(f"{'c=' + str(c) + ' req/s':>13}{'p50 ms':>9}{'p99 ms':>9}" for c in conc)
+    )
+    for t in targets:
+        r = t.results
+        print(
+            f"{t.name:<22}"
+            + "".join(f"{r[c]['rps']:>13.0f}{r[c]['p50']:>9.2f}{r[c]['p99']:>9.2f}" for c in conc)
+        )
+        bad = [
+            f"c={c}: {r[c]['bad']} non-2xx {r[c]['errors']}"
+            for c in conc
+            if r[c]["bad"] or r[c]["errors"]
+        ]
+        if bad:
+            print(f"{'':<22}errors: {'; '.join(bad)}")
+    print(f"{title}: streamed, one request at a time, median of {targets[0].results['paced']['n']}")
+    print(
+        f"{'target':<22}{'TTFB ms':>9}   (20 chunks, 5 ms apart){'total ms':>12}"
+        f"   ({STREAM_WORDS} chunks at once)"
+    )
+    for t in targets:
+        print(
+            f"{t.name:<22}{t.results['paced']['ttfb']:>9.2f}{'':>26}"
+            f"{t.results['burst']['total']:>9.2f}"
+        )
+
+
+def ratios(label: str, a: Target, b: Target, conc: list[int]) -> None:
+    ra, rb = a.results, b.results
+    cells = "  ".join(f"c={c}: {ra[c]['rps'] / rb[c]['rps']:.2f}" for c in conc)
+    p50 = ra[conc[0]]["p50"] - rb[conc[0]]["p50"]
+    ttfb = ra["paced"]["ttfb"] - rb["paced"]["ttfb"]
+    chunk = (ra["burst"]["total"] - rb["burst"]["total"]) / STREAM_WORDS * 1000
+    print(
+        f"  {label:<28} req/s {cells}   p50 c={conc[0]} {p50:+.2f} ms   "
+        f"TTFB {ttfb:+.2f} ms   per chunk {chunk:+.1f} µs"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     ap.add_argument("--stream-requests", type=int, default=40)
     ap.add_argument("--concurrency", default="1,10,50")
+    ap.add_argument("--only", choices=["openai", "gateway"], default=None)
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     conc = [int(c) for c in args.concurrency.split(",")]
     os.environ.setdefault("IRON_STATE_DIR", tempfile.mkdtemp(prefix="iron-bench-"))
 
-    emu, emu_url = start_emulator()
-    results: dict[str, dict] = {}
-    bare_proc = router = None
+    stops = []
     try:
-        with tempfile.TemporaryDirectory() as tmpdir:
-            tmp = Path(tmpdir)
-            bare_proc, bare_port = start_proxy_process(
-                {"mode": [f"reverse:{emu_url}"], "listen_host": "127.0.0.1", "listen_port": 0},
+        oemu, ourl = start_emulator("openai", OPENAI_KEY)
+        aemu, aurl = start_emulator("anthropic", ANTHROPIC_KEY)
+        stops += [oemu.kill, aemu.kill]
+        router = LlmRouter(
+            provider_keys={"openai": OPENAI_KEY, "anthropic": ANTHROPIC_KEY},
+            upstreams={"openai": ourl, "anthropic": aurl},
+        )
+        stops.append(router.stop)
+        print(f"router started in {router.startup_seconds:.2f} s", file=sys.stderr)
+        rurl = router.base_url.removesuffix("/v1")
+        bares = {}
+        for name, url in (("openai", ourl), ("anthropic", aurl)):
+            proc, port = start_proxy_process(
+                {"mode": [f"reverse:{url}"], "listen_host": "127.0.0.1", "listen_port": 0},
                 bare=True,
             )
-            router = LlmRouter(provider_key=KEY, upstreams={"openai": emu_url})
-            print(f"router started in {router.startup_seconds:.2f} s", file=sys.stderr)
-            targets = {
-                "direct": (emu_url, KEY),
-                "bare mitmproxy": (f"http://127.0.0.1:{bare_port}", KEY),
-                "iron router": (router.base_url.removesuffix("/v1"), router.api_key),
-            }
-            for name, (url, token) in targets.items():
-                wrk(url, token, 10, 1, tmp)  # warm-up
-                row = {c: wrk(url, token, c, args.duration, tmp) for c in conc}
-                limit = time.monotonic() + 60
-                row["paced"] = stream_timings(url, token, 20, 0.005, args.stream_requests, limit)
-                row["burst"] = stream_timings(
-                    url, token, STREAM_WORDS, 0.0, args.stream_requests, limit
-                )
-                results[name] = row
-                print(f"  measured {name}", file=sys.stderr, flush=True)
-    finally:
-        if router:
-            router.stop()
-        if bare_proc:
-            stop_proxy_process(bare_proc)
-        emu.terminate()
-        emu.wait(5)
+            stops.append(lambda p=proc: stop_proxy_process(p))
+            bares[name] = f"http://127.0.0.1:{port}"
 
-    print(f"\nNon-streamed POST /v1/chat/completions, wrk -t1, {args.duration:.0f} s per cell")
-    print(
-        f"{'target':<16}"
-        + "".join(f"{'c=' + str(c) + ' req/s':>13}{'p50 ms':>9}{'p99 ms':>9}" for c in conc)
-    )
-    for name, row in results.items():
-        cells = "".join(
-            f"{row[c]['rps']:>13.0f}{row[c]['p50']:>9.2f}{row[c]['p99']:>9.2f}" for c in conc
-        )
-        print(f"{name:<16}{cells}")
-        bad = [
-            f"c={c}: {row[c]['bad']} non-2xx {row[c]['errors']}"
-            for c in conc
-            if row[c]["bad"] or row[c]["errors"]
+        chat = "/v1/chat/completions"
+        okey = {"Authorization": f"Bearer {OPENAI_KEY}"}
+        akey = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
+        token = {"Authorization": f"Bearer {router.api_key}"}
+        openai_rows = [
+            Target("direct", ourl, chat, okey, chat_body("gpt-4o-mini")),
+            Target("bare mitmproxy", bares["openai"], chat, okey, chat_body("gpt-4o-mini")),
+            Target("iron router", rurl, chat, token, chat_body("gpt-4o-mini")),
         ]
-        if bad:
-            print(f"{'':<16}errors: {'; '.join(bad)}")
-    r, b, d = results["iron router"], results["bare mitmproxy"], results["direct"]
-    print("\nRatios")
-    for c in conc:
-        print(
-            f"  c={c:<3} req/s router/bare {r[c]['rps'] / b[c]['rps']:.2f}  "
-            f"router/direct {r[c]['rps'] / d[c]['rps']:.2f}   "
-            f"p50 router-bare {r[c]['p50'] - b[c]['p50']:+.2f} ms"
-        )
-    n = r["paced"]["n"]
-    print(f"\nStreamed answers, one request at a time, median of {n}")
-    print(
-        f"{'target':<16}{'TTFB ms':>9}{'(20 chunks, 5 ms apart)':>25}"
-        f"{'total ms':>10}{f'({STREAM_WORDS} chunks, no pause)':>27}"
-    )
-    for name, row in results.items():
-        print(f"{name:<16}{row['paced']['ttfb']:>9.2f}{'':>25}{row['burst']['total']:>10.2f}")
-    print(
-        f"  added TTFB: router-direct {r['paced']['ttfb'] - d['paced']['ttfb']:+.2f} ms "
-        "(bare mitmproxy buffers SSE unless told to stream, hence its TTFB)"
-    )
-    per_chunk = (r["burst"]["total"] - d["burst"]["total"]) / STREAM_WORDS * 1000
-    print(f"  per-chunk cost: router-direct {per_chunk:+.1f} µs")
+        gateway_rows = [
+            Target("direct anthropic", aurl, "/v1/messages", akey, messages_body("claude-x")),
+            Target(
+                "bare mitmproxy",
+                bares["anthropic"],
+                "/v1/messages",
+                akey,
+                messages_body("claude-x"),
+            ),
+            Target("iron router native", rurl, "/v1/messages", token, messages_body("claude-x")),
+            Target("iron gateway", rurl, chat, token, chat_body("claude-x")),
+        ]
+        with tempfile.TemporaryDirectory() as tmpdir:
+            for rows, kind in ((openai_rows, "openai"), (gateway_rows, "gateway")):
+                if args.only in (None, kind):
+                    for t in rows:
+                        measure(t, conc, args, Path(tmpdir))
+    finally:
+        for stop in reversed(stops):
+            stop()
+
+    if args.only in (None, "openai"):
+        report("OpenAI", openai_rows, conc, args.duration)
+    if args.only in (None, "gateway"):
+        report("Gateway", gateway_rows, conc, args.duration)
+    print("\nRatios (req/s, then added latency)")
+    if args.only in (None, "openai"):
+        ratios("router / bare", openai_rows[2], openai_rows[1], conc)
+        ratios("router / direct", openai_rows[2], openai_rows[0], conc)
+    if args.only in (None, "gateway"):
+        ratios("gateway / bare", gateway_rows[3], gateway_rows[1], conc)
+        ratios("gateway / direct", gateway_rows[3], gateway_rows[0], conc)
+        ratios("gateway / router native", gateway_rows[3], gateway_rows[2], conc)
+    print("(bare mitmproxy buffers SSE unless told to stream: its TTFB is its total time)")
 
 
 if __name__ == "__main__":

@@ -63,13 +63,17 @@ def test_text_only(oai, anthropic_emu):
     assert reply.object == "chat.completion"
     body = sent(anthropic_emu)
     assert anthropic_emu.requests[-1].path == "/v1/messages"
-    assert body["messages"] == [{"role": "user", "content": [{"type": "text",
-                                                              "text": "hello claude"}]}]
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "hello claude"}]}
+    ]
 
 
 def test_text_only_streamed(oai):
-    chunks, final = collect(oai.chat.completions.create(
-        model=MODEL, messages=user("hello streamed claude"), stream=True))
+    chunks, final = collect(
+        oai.chat.completions.create(
+            model=MODEL, messages=user("hello streamed claude"), stream=True
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert final.choices[0].message.content == "Echo: hello streamed claude"
     assert final.choices[0].finish_reason == "stop"
@@ -77,32 +81,56 @@ def test_text_only_streamed(oai):
 
 
 def test_thinking_is_not_leaked_into_content(oai, anthropic_emu):
-    blocks = [{"type": "thinking", "thinking": "secret chain of thought"},
-              {"type": "text", "text": "The answer is 4."}]
+    blocks = [
+        {"type": "thinking", "thinking": "secret chain of thought"},
+        {"type": "text", "text": "The answer is 4."},
+    ]
     anthropic_emu.script(blocks)
     reply = oai.chat.completions.create(model=MODEL, messages=user("2+2?"))
     assert reply.choices[0].message.content == "The answer is 4."
     anthropic_emu.script(blocks)
-    _, final = collect(oai.chat.completions.create(model=MODEL, messages=user("2+2?"),
-                                                   stream=True))
+    _, final = collect(oai.chat.completions.create(model=MODEL, messages=user("2+2?"), stream=True))
     assert final.choices[0].message.content == "The answer is 4."
 
 
 # -- tools -----------------------------------------------------------------------------------
 
 TOOL_CASES = {
-    "tool only": ([{"type": "tool_use", "name": "get_weather", "input": {"city": "Paris"}}],
-                  None, None, [("get_weather", {"city": "Paris"})], "tool_calls"),
-    "text then tool": ([{"type": "text", "text": "Let me check."},
-                        {"type": "tool_use", "name": "get_weather", "input": {"city": "Oslo"}}],
-                       None, "Let me check.", [("get_weather", {"city": "Oslo"})], "tool_calls"),
-    "several tools": ([{"type": "tool_use", "name": "get_weather", "input": {"city": "Rome"}},
-                       {"type": "tool_use", "name": "get_time", "input": {}},
-                       {"type": "tool_use", "name": "get_weather", "input": {"city": "Lima"}}],
-                      None, None, [("get_weather", {"city": "Rome"}), ("get_time", {}),
-                                   ("get_weather", {"city": "Lima"})], "tool_calls"),
-    "empty arguments": ([{"type": "tool_use", "name": "get_time", "input": {}}],
-                        None, None, [("get_time", {})], "tool_calls"),
+    "tool only": (
+        [{"type": "tool_use", "name": "get_weather", "input": {"city": "Paris"}}],
+        None,
+        None,
+        [("get_weather", {"city": "Paris"})],
+        "tool_calls",
+    ),
+    "text then tool": (
+        [
+            {"type": "text", "text": "Let me check."},
+            {"type": "tool_use", "name": "get_weather", "input": {"city": "Oslo"}},
+        ],
+        None,
+        "Let me check.",
+        [("get_weather", {"city": "Oslo"})],
+        "tool_calls",
+    ),
+    "several tools": (
+        [
+            {"type": "tool_use", "name": "get_weather", "input": {"city": "Rome"}},
+            {"type": "tool_use", "name": "get_time", "input": {}},
+            {"type": "tool_use", "name": "get_weather", "input": {"city": "Lima"}},
+        ],
+        None,
+        None,
+        [("get_weather", {"city": "Rome"}), ("get_time", {}), ("get_weather", {"city": "Lima"})],
+        "tool_calls",
+    ),
+    "empty arguments": (
+        [{"type": "tool_use", "name": "get_time", "input": {}}],
+        None,
+        None,
+        [("get_time", {})],
+        "tool_calls",
+    ),
 }
 
 
@@ -114,7 +142,9 @@ def test_tool_calls(oai, anthropic_emu, case, stream):
     kw = dict(model=MODEL, messages=user("what is the weather?"), tools=[WEATHER, TIME])
     if stream:
         chunks, reply = collect(oai.chat.completions.create(stream=True, **kw))
-        indexes = [tc.index for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+        indexes = [
+            tc.index for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []
+        ]
         assert sorted(set(indexes)) == list(range(len(calls)))
     else:
         reply = oai.chat.completions.create(**kw)
@@ -126,20 +156,33 @@ def test_tool_calls(oai, anthropic_emu, case, stream):
     assert len({tc.id for tc in msg.tool_calls}) == len(calls)
     assert all(tc.id.startswith("toolu_") for tc in msg.tool_calls)
     assert sent(anthropic_emu)["tools"][0] == {
-        "name": "get_weather", "description": "Weather in a city",
-        "input_schema": WEATHER["function"]["parameters"]}
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "input_schema": WEATHER["function"]["parameters"],
+    }
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_tool_call_cut_by_max_tokens_is_length(oai, anthropic_emu, stream):
-    anthropic_emu.script([{"type": "tool_use", "name": "get_weather",
-                           "input": {"city": "A very long city name indeed"}}])
+    anthropic_emu.script(
+        [
+            {
+                "type": "tool_use",
+                "name": "get_weather",
+                "input": {"city": "A very long city name indeed"},
+            }
+        ]
+    )
     kw = dict(model=MODEL, messages=user("weather?"), tools=[WEATHER], max_tokens=2)
     if stream:
         chunks = list(oai.chat.completions.create(stream=True, **kw))
         finish = chunks[-1].choices[0].finish_reason
-        names = [tc.function.name for c in chunks for tc in c.choices[0].delta.tool_calls or []
-                 if tc.function and tc.function.name]
+        names = [
+            tc.function.name
+            for c in chunks
+            for tc in c.choices[0].delta.tool_calls or []
+            if tc.function and tc.function.name
+        ]
     else:
         reply = oai.chat.completions.create(**kw)
         finish = reply.choices[0].finish_reason
@@ -150,41 +193,65 @@ def test_tool_call_cut_by_max_tokens_is_length(oai, anthropic_emu, stream):
 
 
 def test_tool_result_round_trip_over_two_turns(oai, anthropic_emu):
-    anthropic_emu.script([{"type": "text", "text": "Checking both."},
-                          {"type": "tool_use", "name": "get_weather", "input": {"city": "Paris"}},
-                          {"type": "tool_use", "name": "get_time", "input": {}}])
-    messages = [{"role": "system", "content": "You are a weather bot."},
-                {"role": "user", "content": "weather and time in Paris?"}]
+    anthropic_emu.script(
+        [
+            {"type": "text", "text": "Checking both."},
+            {"type": "tool_use", "name": "get_weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "name": "get_time", "input": {}},
+        ]
+    )
+    messages = [
+        {"role": "system", "content": "You are a weather bot."},
+        {"role": "user", "content": "weather and time in Paris?"},
+    ]
     first = oai.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER, TIME])
     calls = first.choices[0].message.tool_calls
     messages.append(first.choices[0].message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": calls[0].id, "content": "Sunny, 21°C"})
-    messages.append({"role": "tool", "tool_call_id": calls[1].id,
-                     "content": [{"type": "text", "text": "14:05"}]})
+    messages.append(
+        {
+            "role": "tool",
+            "tool_call_id": calls[1].id,
+            "content": [{"type": "text", "text": "14:05"}],
+        }
+    )
     second = oai.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER, TIME])
     assert second.choices[0].finish_reason == "stop"
     body = sent(anthropic_emu)
     assert [t["role"] for t in body["messages"]] == ["user", "assistant", "user"]
     assistant = body["messages"][1]["content"]
     assert assistant[0] == {"type": "text", "text": "Checking both."}
-    assert assistant[1] == {"type": "tool_use", "id": calls[0].id, "name": "get_weather",
-                            "input": {"city": "Paris"}}
+    assert assistant[1] == {
+        "type": "tool_use",
+        "id": calls[0].id,
+        "name": "get_weather",
+        "input": {"city": "Paris"},
+    }
     assert body["messages"][2]["content"] == [
         {"type": "tool_result", "tool_use_id": calls[0].id, "content": "Sunny, 21°C"},
-        {"type": "tool_result", "tool_use_id": calls[1].id, "content": "14:05"}]
+        {"type": "tool_result", "tool_use_id": calls[1].id, "content": "14:05"},
+    ]
 
 
 def test_tool_choice_and_parallel_tool_calls(oai, anthropic_emu):
-    oai.chat.completions.create(model=MODEL, messages=user("x"), tools=[WEATHER, TIME],
-                                tool_choice="required", parallel_tool_calls=False)
-    assert sent(anthropic_emu)["tool_choice"] == {"type": "any",
-                                                  "disable_parallel_tool_use": True}
-    oai.chat.completions.create(model=MODEL, messages=user("x"), tools=[WEATHER, TIME],
-                                tool_choice={"type": "function",
-                                             "function": {"name": "get_time"}})
+    oai.chat.completions.create(
+        model=MODEL,
+        messages=user("x"),
+        tools=[WEATHER, TIME],
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    assert sent(anthropic_emu)["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    oai.chat.completions.create(
+        model=MODEL,
+        messages=user("x"),
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
     assert sent(anthropic_emu)["tool_choice"] == {"type": "tool", "name": "get_time"}
-    reply = oai.chat.completions.create(model=MODEL, messages=user("get_weather please"),
-                                        tools=[WEATHER], tool_choice="none")
+    reply = oai.chat.completions.create(
+        model=MODEL, messages=user("get_weather please"), tools=[WEATHER], tool_choice="none"
+    )
     assert sent(anthropic_emu)["tool_choice"] == {"type": "none"}
     assert reply.choices[0].message.tool_calls is None
 
@@ -193,25 +260,34 @@ def test_tool_choice_and_parallel_tool_calls(oai, anthropic_emu):
 
 
 def test_system_messages_whitespace_multiple_and_mid_conversation(oai, anthropic_emu):
-    oai.chat.completions.create(model=MODEL, messages=[
-        {"role": "system", "content": "   "},
-        {"role": "system", "content": "You are terse."},
-        {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
-        {"role": "user", "content": "hello"},
-        {"role": "assistant", "content": "Bonjour."},
-        {"role": "system", "content": "Now be polite."},
-        {"role": "user", "content": "again"},
-    ])
+    oai.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "   "},
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": [{"type": "text", "text": "Answer in French."}]},
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "Bonjour."},
+            {"role": "system", "content": "Now be polite."},
+            {"role": "user", "content": "again"},
+        ],
+    )
     body = sent(anthropic_emu)
     assert body["system"] == "You are terse.\nAnswer in French.\nNow be polite."
     assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
 
 
 def test_consecutive_same_role_turns_are_merged(oai, anthropic_emu):
-    oai.chat.completions.create(model=MODEL, messages=[
-        {"role": "user", "content": "one"}, {"role": "user", "content": "two"},
-        {"role": "assistant", "content": "ok"}, {"role": "assistant", "content": "and"},
-        {"role": "user", "content": "three"}])
+    oai.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "user", "content": "one"},
+            {"role": "user", "content": "two"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "assistant", "content": "and"},
+            {"role": "user", "content": "three"},
+        ],
+    )
     msgs = sent(anthropic_emu)["messages"]
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
     assert [b["text"] for b in msgs[0]["content"]] == ["one", "two"]
@@ -228,21 +304,42 @@ def test_stop_sequences_drop_whitespace_only(oai, anthropic_emu):
 
 def test_images_as_data_url_and_http_url(oai, anthropic_emu):
     png = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
-    oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
-        {"type": "text", "text": "what is in these?"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg",
-                                            "detail": "high"}}]}])
+    oai.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is in these?"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "https://example.com/cat.jpg", "detail": "high"},
+                    },
+                ],
+            }
+        ],
+    )
     content = sent(anthropic_emu)["messages"][0]["content"]
-    assert content[1] == {"type": "image", "source": {"type": "base64",
-                                                      "media_type": "image/png", "data": png}}
-    assert content[2] == {"type": "image", "source": {"type": "url",
-                                                      "url": "https://example.com/cat.jpg"}}
+    assert content[1] == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": png},
+    }
+    assert content[2] == {
+        "type": "image",
+        "source": {"type": "url", "url": "https://example.com/cat.jpg"},
+    }
 
 
 def test_max_tokens_temperature_top_p_user(oai, anthropic_emu):
-    oai.chat.completions.create(model=MODEL, messages=user("x"), max_completion_tokens=77,
-                                temperature=1.7, top_p=0.9, user="agent-7")
+    oai.chat.completions.create(
+        model=MODEL,
+        messages=user("x"),
+        max_completion_tokens=77,
+        temperature=1.7,
+        top_p=0.9,
+        user="agent-7",
+    )
     body = sent(anthropic_emu)
     assert body["max_tokens"] == 77
     assert body["temperature"] == 1.0
@@ -261,10 +358,11 @@ def test_max_tokens_defaults_to_the_models_maximum_output(oai, anthropic_emu):
 
 def test_response_format_becomes_a_system_instruction(oai, anthropic_emu):
     schema = {"type": "object", "properties": {"answer": {"type": "integer"}}}
-    oai.chat.completions.create(model=MODEL, messages=[
-        {"role": "system", "content": "Be exact."}, {"role": "user", "content": "2+2"}],
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "a", "schema": schema}})
+    oai.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be exact."}, {"role": "user", "content": "2+2"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+    )
     system = sent(anthropic_emu)["system"]
     assert system.startswith("Be exact.\n")
     assert json.dumps(schema, separators=(",", ":")) in system
@@ -280,8 +378,15 @@ def test_unsupported_fields_are_refused(oai, anthropic_emu, extra, param):
 
 
 def test_dropped_fields_do_not_reach_anthropic(oai, anthropic_emu):
-    oai.chat.completions.create(model=MODEL, messages=user("x"), seed=3, presence_penalty=0.5,
-                                frequency_penalty=0.1, logit_bias={"1": 1}, store=False)
+    oai.chat.completions.create(
+        model=MODEL,
+        messages=user("x"),
+        seed=3,
+        presence_penalty=0.5,
+        frequency_penalty=0.1,
+        logit_bias={"1": 1},
+        store=False,
+    )
     body = sent(anthropic_emu)
     assert not {"seed", "presence_penalty", "frequency_penalty", "logit_bias", "store"} & set(body)
 
@@ -291,10 +396,22 @@ def test_malformed_messages_are_a_clear_400(oai, anthropic_emu):
         oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": 5}])
     assert "messages.0.content" in err.value.message
     with pytest.raises(openai.BadRequestError) as err:
-        oai.chat.completions.create(model=MODEL, messages=[
-            {"role": "user", "content": "x"},
-            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
-                "name": "f", "arguments": "{not json"}}]}])
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {"role": "user", "content": "x"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{not json"},
+                        }
+                    ],
+                },
+            ],
+        )
     assert "arguments must be a JSON object" in err.value.message
     assert not anthropic_emu.requests
 
@@ -303,14 +420,20 @@ def test_malformed_messages_are_a_clear_400(oai, anthropic_emu):
 
 
 def test_usage_chunk_exactly_when_include_usage(oai):
-    chunks, _ = collect(oai.chat.completions.create(
-        model=MODEL, messages=user("count me"), stream=True,
-        stream_options={"include_usage": True}))
+    chunks, _ = collect(
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=user("count me"),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].choices == []
     assert chunks[-1].usage.completion_tokens == 3
     assert all(c.usage is None for c in chunks[:-1])
-    chunks, _ = collect(oai.chat.completions.create(model=MODEL, messages=user("count me"),
-                                                    stream=True))
+    chunks, _ = collect(
+        oai.chat.completions.create(model=MODEL, messages=user("count me"), stream=True)
+    )
     assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
 
 
@@ -319,8 +442,9 @@ def test_cache_read_and_write_tokens(oai, anthropic_emu, stream):
     anthropic_emu.cache_read_tokens, anthropic_emu.cache_write_tokens = 1000, 200
     kw = dict(model=MODEL, messages=user("cached prompt here"))
     if stream:
-        chunks, _ = collect(oai.chat.completions.create(
-            stream=True, stream_options={"include_usage": True}, **kw))
+        chunks, _ = collect(
+            oai.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw)
+        )
         usage = chunks[-1].usage
     else:
         usage = oai.chat.completions.create(**kw).usage
@@ -333,15 +457,26 @@ def test_cache_read_and_write_tokens(oai, anthropic_emu, stream):
 # -- errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status, anthropic_type, exc, openai_type", [
-    (400, "invalid_request_error", openai.BadRequestError, "invalid_request_error"),
-    (429, "rate_limit_error", openai.RateLimitError, "rate_limit_error"),
-    (529, "overloaded_error", openai.InternalServerError, "server_error"),
-])
-def test_anthropic_error_responses_in_openai_shape(oai, anthropic_emu, status, anthropic_type,
-                                                   exc, openai_type):
-    anthropic_emu.inject(Fault(status=status, body={"type": "error", "error": {
-        "type": anthropic_type, "message": "upstream says no"}}))
+@pytest.mark.parametrize(
+    "status, anthropic_type, exc, openai_type",
+    [
+        (400, "invalid_request_error", openai.BadRequestError, "invalid_request_error"),
+        (429, "rate_limit_error", openai.RateLimitError, "rate_limit_error"),
+        (529, "overloaded_error", openai.InternalServerError, "server_error"),
+    ],
+)
+def test_anthropic_error_responses_in_openai_shape(
+    oai, anthropic_emu, status, anthropic_type, exc, openai_type
+):
+    anthropic_emu.inject(
+        Fault(
+            status=status,
+            body={
+                "type": "error",
+                "error": {"type": anthropic_type, "message": "upstream says no"},
+            },
+        )
+    )
     with pytest.raises(exc) as err:
         oai.chat.completions.create(model=MODEL, messages=user("x"))
     assert err.value.status_code == status
@@ -351,14 +486,16 @@ def test_anthropic_error_responses_in_openai_shape(oai, anthropic_emu, status, a
 
 def test_anthropic_validation_error_passes_through_translated(oai, anthropic_emu):
     with pytest.raises(openai.BadRequestError) as err:
-        oai.chat.completions.create(model=MODEL, messages=user("x"), top_p=0.5,
-                                    extra_body={"temperature": -1})
+        oai.chat.completions.create(
+            model=MODEL, messages=user("x"), top_p=0.5, extra_body={"temperature": -1}
+        )
     assert "temperature" in err.value.message
 
 
 def test_error_event_mid_stream_raises_in_the_sdk(oai, anthropic_emu):
-    anthropic_emu.script([{"type": "text", "text": "one two three four five"}],
-                         error_after_events=5)
+    anthropic_emu.script(
+        [{"type": "text", "text": "one two three four five"}], error_after_events=5
+    )
     received = []
     with pytest.raises(openai.APIError, match="Overloaded"):
         for chunk in oai.chat.completions.create(model=MODEL, messages=user("x"), stream=True):
@@ -369,18 +506,21 @@ def test_error_event_mid_stream_raises_in_the_sdk(oai, anthropic_emu):
 def test_stream_cut_by_upstream_ends_with_an_error(oai, anthropic_emu):
     anthropic_emu.inject(Fault(drop_after_events=4))
     with pytest.raises((openai.APIError, httpx.HTTPError)):
-        for _ in oai.chat.completions.create(model=MODEL, messages=user("a b c d e f"),
-                                             stream=True):
+        for _ in oai.chat.completions.create(
+            model=MODEL, messages=user("a b c d e f"), stream=True
+        ):
             pass
     assert oai.chat.completions.create(model=MODEL, messages=user("still there?")).choices
 
 
 def test_client_disconnecting_mid_stream_leaves_the_router_serving(router, oai, anthropic_emu):
     anthropic_emu.inject(Fault(chunk_delay=0.2))
-    with httpx.stream("POST", router.base_url + "/chat/completions",
-                      headers={"authorization": f"Bearer {router.api_key}"},
-                      json={"model": MODEL, "stream": True,
-                            "messages": user("a b c d e f g h i")}) as r:
+    with httpx.stream(
+        "POST",
+        router.base_url + "/chat/completions",
+        headers={"authorization": f"Bearer {router.api_key}"},
+        json={"model": MODEL, "stream": True, "messages": user("a b c d e f g h i")},
+    ) as r:
         assert next(r.iter_raw()).startswith(b"data: ")
     assert oai.chat.completions.create(model=MODEL, messages=user("next")).choices
 
@@ -390,7 +530,6 @@ def test_gateway_stream_really_streams(oai, anthropic_emu):
 
     anthropic_emu.inject(Fault(chunk_delay=0.2))
     arrivals = []
-    for _ in oai.chat.completions.create(model=MODEL, messages=user("a b c d e f"),
-                                         stream=True):
+    for _ in oai.chat.completions.create(model=MODEL, messages=user("a b c d e f"), stream=True):
         arrivals.append(time.monotonic())
     assert arrivals[0] < anthropic_emu.events_sent[-1] - 1.0

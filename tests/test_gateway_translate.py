@@ -10,8 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iron_runtime.errors import RouterError
-from iron_runtime.gateway import GatewayStream, translate_error, translate_request
-from iron_runtime.gateway import tables
+from iron_runtime.gateway import GatewayStream, tables, translate_error, translate_request
 from iron_runtime.gateway.response import finish_reason, translate_response
 from iron_runtime.testing.anthropic_emulator import Invalid, validate
 
@@ -82,8 +81,9 @@ def test_max_tokens_order():
     assert tr(max_tokens=10).body["max_tokens"] == 10
     assert tr(max_completion_tokens=20, max_tokens=10).body["max_tokens"] == 20
     assert tr().body["max_tokens"] == 1234
-    unknown = translate_request({"model": "claude-x", "messages": [{"role": "user",
-                                                                    "content": "x"}]})
+    unknown = translate_request(
+        {"model": "claude-x", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert unknown.body["max_tokens"] == tables.FALLBACK_MAX_TOKENS
 
 
@@ -96,43 +96,66 @@ def test_conversation_must_start_with_user():
 
 def test_prefill_loses_trailing_whitespace():
     t = tr(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure, "}])
-    assert t.body["messages"][-1] == {"role": "assistant",
-                                      "content": [{"type": "text", "text": "Sure,"}]}
+    assert t.body["messages"][-1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Sure,"}],
+    }
     validate(t.body)
 
 
 def test_tool_results_go_before_user_text_in_a_merged_turn():
-    t = tr(messages=[
-        {"role": "user", "content": "q"},
-        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-                                              "function": {"name": "f", "arguments": ""}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": "r"},
-        {"role": "user", "content": "and then?"}],
-        tools=[{"type": "function", "function": {"name": "f"}}])
+    t = tr(
+        messages=[
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": ""}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "r"},
+            {"role": "user", "content": "and then?"},
+        ],
+        tools=[{"type": "function", "function": {"name": "f"}}],
+    )
     last = t.body["messages"][-1]["content"]
     assert [b["type"] for b in last] == ["tool_result", "text"]
     assert t.body["messages"][1]["content"][0]["input"] == {}
     validate(t.body)
 
 
-@pytest.mark.parametrize("url", ["ftp://x/y.png", "data:image/tiff;base64,AAAA",
-                                 "data:image/png,notbase64"])
+@pytest.mark.parametrize(
+    "url", ["ftp://x/y.png", "data:image/tiff;base64,AAAA", "data:image/png,notbase64"]
+)
 def test_bad_images_are_refused(url):
     with pytest.raises(RouterError):
-        tr(messages=[{"role": "user", "content": [{"type": "image_url",
-                                                   "image_url": {"url": url}}]}])
+        tr(
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+            ]
+        )
 
 
 def test_pdf_file_becomes_a_document():
-    t = tr(messages=[{"role": "user", "content": [
-        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0="}}]}])
+    t = tr(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0="}}
+                ],
+            }
+        ]
+    )
     assert t.body["messages"][0]["content"][0]["type"] == "document"
 
 
 def test_named_tool_choice_must_exist():
     with pytest.raises(RouterError, match="not in 'tools'"):
-        tr(tools=[{"type": "function", "function": {"name": "f"}}],
-           tool_choice={"type": "function", "function": {"name": "g"}})
+        tr(
+            tools=[{"type": "function", "function": {"name": "f"}}],
+            tool_choice={"type": "function", "function": {"name": "g"}},
+        )
 
 
 def test_include_usage_and_stream_flags():
@@ -148,8 +171,14 @@ def _events(*events):
     return b"".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events)
 
 
-START = {"type": "message_start", "message": {"id": "msg_1", "model": "claude-x",
-                                              "usage": {"input_tokens": 5, "output_tokens": 1}}}
+START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_1",
+        "model": "claude-x",
+        "usage": {"input_tokens": 5, "output_tokens": 1},
+    },
+}
 
 
 def _chunks(raw: bytes):
@@ -162,32 +191,49 @@ def _chunks(raw: bytes):
 
 
 def test_stream_translator_fed_one_byte_at_a_time():
-    raw = _events(START,
-                  {"type": "content_block_start", "index": 0,
-                   "content_block": {"type": "text", "text": ""}},
-                  {"type": "content_block_delta", "index": 0,
-                   "delta": {"type": "text_delta", "text": "héllo"}},
-                  {"type": "content_block_stop", "index": 0},
-                  {"type": "content_block_start", "index": 1,
-                   "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {}}},
-                  {"type": "content_block_delta", "index": 1,
-                   "delta": {"type": "input_json_delta", "partial_json": "{\"a\":"}},
-                  {"type": "content_block_delta", "index": 1,
-                   "delta": {"type": "input_json_delta", "partial_json": " 1}"}},
-                  {"type": "content_block_stop", "index": 1},
-                  {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
-                   "usage": {"output_tokens": 9}},
-                  {"type": "message_stop"})
+    raw = _events(
+        START,
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": "héllo"},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": '{"a":'},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": " 1}"},
+        },
+        {"type": "content_block_stop", "index": 1},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop"},
+    )
     gs = GatewayStream("claude-x", include_usage=True)
-    out = b"".join(gs.feed(raw[i:i + 1]) for i in range(len(raw))) + gs.feed(b"")
+    out = b"".join(gs.feed(raw[i : i + 1]) for i in range(len(raw))) + gs.feed(b"")
     chunks = _chunks(out)
     assert chunks[-1] == "[DONE]"
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert chunks[1]["choices"][0]["delta"] == {"content": "héllo"}
     first_tool = chunks[2]["choices"][0]["delta"]["tool_calls"][0]
     assert (first_tool["index"], first_tool["id"], first_tool["function"]["name"]) == (0, "t1", "f")
-    args = "".join(c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
-                   for c in chunks[2:5])
+    args = "".join(
+        c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] for c in chunks[2:5]
+    )
     assert json.loads(args) == {"a": 1}
     assert chunks[5]["choices"][0]["finish_reason"] == "tool_calls"
     assert chunks[6]["choices"] == [] and chunks[6]["usage"]["completion_tokens"] == 9
@@ -217,14 +263,18 @@ def test_stream_memory_is_bounded():
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=30)
 solid_text = text.filter(lambda s: s.strip())
-TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
-         for n in ("alpha", "beta_2")]
+TOOLS = [
+    {"type": "function", "function": {"name": n, "parameters": {"type": "object"}}}
+    for n in ("alpha", "beta_2")
+]
 
 
 @st.composite
 def conversations(draw):
-    messages = [{"role": r, "content": draw(text)}
-                for r in draw(st.lists(st.sampled_from(["system", "developer"]), max_size=2))]
+    messages = [
+        {"role": r, "content": draw(text)}
+        for r in draw(st.lists(st.sampled_from(["system", "developer"]), max_size=2))
+    ]
     messages.append({"role": "user", "content": draw(solid_text)})
     call_ids = iter(f"call_{i}" for i in range(1000))
     for _ in range(draw(st.integers(0, 4))):
@@ -232,27 +282,64 @@ def conversations(draw):
         if kind in ("user", "system"):
             messages.append({"role": kind, "content": draw(text)})
         elif kind == "parts":
-            messages.append({"role": "user", "content": [
-                {"type": "text", "text": draw(text)},
-                {"type": "image_url", "image_url": {"url": draw(st.sampled_from(
-                    ["https://example.com/a.png", "data:image/webp;base64,UklGRg=="]))}}]})
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": draw(text)},
+                        {
+                            "type": "image_url",
+                            "image_url": {
+                                "url": draw(
+                                    st.sampled_from(
+                                        [
+                                            "https://example.com/a.png",
+                                            "data:image/webp;base64,UklGRg==",
+                                        ]
+                                    )
+                                )
+                            },
+                        },
+                    ],
+                }
+            )
         elif kind == "assistant":
             messages.append({"role": "assistant", "content": draw(st.none() | text)})
         else:
             ids = [next(call_ids) for _ in range(draw(st.integers(1, 3)))]
-            messages.append({"role": "assistant", "content": draw(st.none() | text),
-                             "tool_calls": [{"id": i, "type": "function", "function": {
-                                 "name": draw(st.sampled_from(["alpha", "beta_2"])),
-                                 "arguments": json.dumps(draw(st.dictionaries(
-                                     st.text(max_size=5), st.integers(), max_size=2)))}}
-                                 for i in ids]})
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": draw(st.none() | text),
+                    "tool_calls": [
+                        {
+                            "id": i,
+                            "type": "function",
+                            "function": {
+                                "name": draw(st.sampled_from(["alpha", "beta_2"])),
+                                "arguments": json.dumps(
+                                    draw(
+                                        st.dictionaries(
+                                            st.text(max_size=5), st.integers(), max_size=2
+                                        )
+                                    )
+                                ),
+                            },
+                        }
+                        for i in ids
+                    ],
+                }
+            )
             for i in ids:
                 messages.append({"role": "tool", "tool_call_id": i, "content": draw(text)})
     request = {"model": "claude-sonnet-4-6", "messages": messages}
     if draw(st.booleans()):
         request["tools"] = TOOLS
-        request["tool_choice"] = draw(st.sampled_from(
-            ["auto", "required", "none", {"type": "function", "function": {"name": "alpha"}}]))
+        request["tool_choice"] = draw(
+            st.sampled_from(
+                ["auto", "required", "none", {"type": "function", "function": {"name": "alpha"}}]
+            )
+        )
         request["parallel_tool_calls"] = draw(st.booleans())
     if draw(st.booleans()):
         request["stop"] = draw(st.lists(text, max_size=3))
@@ -276,5 +363,6 @@ def test_valid_openai_requests_translate_into_requests_anthropic_accepts(request
     try:
         validate(translation.body)
     except Invalid as e:  # pragma: no cover - shows the failing pair
-        pytest.fail(f"{e}\nOpenAI: {json.dumps(request)}\nAnthropic: "
-                    f"{json.dumps(translation.body)}")
+        pytest.fail(
+            f"{e}\nOpenAI: {json.dumps(request)}\nAnthropic: {json.dumps(translation.body)}"
+        )
