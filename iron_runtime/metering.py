@@ -1,0 +1,120 @@
+"""Usage of streamed answers, read as the events pass.
+
+A stream that completes carries the provider's own usage (OpenAI's usage chunk, Anthropic's
+``message_start`` and ``message_delta``). A stream cut off by either side is charged for its
+input (the provider's count if it sent one, else the reservation's estimate) plus the output
+actually delivered, counted token by token as it passed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .cost import Usage, usage_from
+from .sse import SSEParser
+from .tokens import count_text
+
+
+class UsageMeter:
+    def __init__(self, encoding_name: str = "cl100k_base") -> None:
+        self.encoding = encoding_name
+        self.reported: Usage | None = None  # the provider's own numbers, as they come
+        self.delivered = 0  # output tokens counted from the deltas that passed
+        self.complete = False
+
+    # Anthropic: message_start carries input (and cache) tokens, message_delta the
+    # cumulative output; deltas carry the text, tool arguments and thinking.
+    def observe_anthropic(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("type")
+        if kind == "message_start":
+            self.reported = usage_from(ev.get("message") or {}) or Usage()
+        elif kind == "content_block_delta":
+            delta = ev.get("delta") or {}
+            text = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
+            if text:
+                self.delivered += count_text(text, self.encoding)
+        elif kind == "message_delta":
+            usage = ev.get("usage") or {}
+            base = self.reported or Usage()
+            merged = {
+                "input_tokens": base.input,
+                "cache_read_input_tokens": base.cache_read,
+                "cache_creation_input_tokens": base.cache_write,
+                **{k: v for k, v in usage.items() if v is not None},
+            }
+            self.reported = usage_from(merged)
+        elif kind == "message_stop":
+            self.complete = True
+
+    # OpenAI: the usage chunk (asked for with stream_options.include_usage) at the end.
+    def observe_openai(self, chunk: dict[str, Any]) -> None:
+        if chunk.get("usage"):
+            self.reported = usage_from(chunk)
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            texts = [delta.get("content"), delta.get("refusal"), delta.get("reasoning_content")]
+            for call in delta.get("tool_calls") or []:
+                texts.append((call.get("function") or {}).get("arguments"))
+            for text in texts:
+                if isinstance(text, str) and text:
+                    self.delivered += count_text(text, self.encoding)
+
+    def charged(self, input_estimate: int) -> Usage:
+        """What the request is charged: the provider's usage if the stream completed with
+        one, else its input plus the output delivered."""
+        reported = self.reported
+        if self.complete and reported is not None and (reported.output or not self.delivered):
+            return reported
+        if reported is not None and reported.prompt:
+            return Usage(
+                reported.input,
+                max(reported.output, self.delivered),
+                reported.cache_read,
+                reported.cache_write,
+            )
+        return Usage(input_estimate, self.delivered)
+
+
+class StreamMeter:
+    """Meters a provider's SSE stream passed through to the client unchanged, except that
+    the usage-only chunk the router asked OpenAI for is removed when the client did not
+    ask for it itself."""
+
+    def __init__(self, anthropic: bool, encoding_name: str, strip_usage_chunk: bool) -> None:
+        self.anthropic = anthropic
+        self.strip = strip_usage_chunk
+        self.meter = UsageMeter(encoding_name)
+        self.parser = SSEParser()
+        self.broken = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self.broken:
+            return data
+        try:
+            events = self.parser.feed(data)
+        except ValueError:
+            self.broken = True  # keep passing bytes through; charge what was counted
+            return data
+        out: list[bytes] | None = [] if self.strip else None
+        for event in events:
+            if event.data == "[DONE]":
+                self.meter.complete = True
+                if out is not None:
+                    out.append(b"data: [DONE]\n\n")
+                continue
+            try:
+                payload = json.loads(event.data)
+            except ValueError:
+                payload = None
+            if isinstance(payload, dict):
+                if self.anthropic:
+                    self.meter.observe_anthropic(payload)
+                else:
+                    self.meter.observe_openai(payload)
+                    if out is not None and payload.get("choices") == [] and payload.get("usage"):
+                        continue  # the usage chunk the client did not ask for
+            if out is not None:
+                prefix = f"event: {event.event}\n" if event.event else ""
+                out.append(f"{prefix}data: {event.data}\n\n".encode())
+        return data if out is None else b"".join(out)

@@ -1,0 +1,157 @@
+"""Offline token counting for budget reservations.
+
+The vocabularies ship in the package (``vocab/``), checked against the SHA-256 that tiktoken
+itself expects, and tiktoken's own encoder runs on them: no download ever happens.
+OpenAI models are counted with their own encoding; Claude models with ``cl100k_base`` and a
+25 % margin (Anthropic's tokenizer is not public, and a reservation must not undercount).
+Images count as 1,600 tokens each (the most either provider charges for one image at the
+default sizes) and documents as their base64 size.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import math
+import threading
+from importlib import resources
+from typing import Any
+
+import tiktoken
+
+EXPECTED_SHA256 = {
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+}
+IMAGE_TOKENS = 1600
+CLAUDE_MARGIN = 1.25
+MESSAGE_OVERHEAD = 4  # role and separators, per message
+REPLY_OVERHEAD = 3
+
+_lock = threading.Lock()
+_encodings: dict[str, tiktoken.Encoding] = {}
+
+
+def _load_ranks(name: str) -> dict[bytes, int]:
+    raw = gzip.decompress(
+        resources.files("iron_runtime").joinpath(f"vocab/{name}.tiktoken.gz").read_bytes()
+    )
+    if hashlib.sha256(raw).hexdigest() != EXPECTED_SHA256[name]:
+        raise RuntimeError(f"vocabulary {name} is corrupt (SHA-256 mismatch)")
+    ranks = {}
+    for line in raw.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def encoding(name: str) -> tiktoken.Encoding:
+    """``cl100k_base`` or ``o200k_base``, built from the packaged vocabulary."""
+    enc = _encodings.get(name)
+    if enc is not None:
+        return enc
+    with _lock:
+        if name not in _encodings:
+            import tiktoken_ext.openai_public as public
+
+            ranks = _load_ranks(name)
+            original = public.load_tiktoken_bpe
+            public.load_tiktoken_bpe = lambda *a, **kw: ranks  # tiktoken's spec, our ranks
+            try:
+                spec = getattr(public, name)()
+            finally:
+                public.load_tiktoken_bpe = original
+            _encodings[name] = tiktoken.Encoding(**spec)
+        return _encodings[name]
+
+
+def encoding_for(model: str) -> str:
+    if model.startswith(
+        (
+            "gpt-4o",
+            "gpt-4.1",
+            "gpt-4.5",
+            "gpt-5",
+            "o1",
+            "o3",
+            "o4",
+            "chatgpt-4o",
+            "codex",
+            "gpt-oss",
+            "ft:gpt-4o",
+            "ft:gpt-4.1",
+            "ft:o4",
+        )
+    ):
+        return "o200k_base"
+    return "cl100k_base"
+
+
+def count_text(text: str, encoding_name: str = "cl100k_base") -> int:
+    if not text:
+        return 0
+    return len(encoding(encoding_name).encode_ordinary(text))
+
+
+class _Collector:
+    """Walks a request body, adding up text to tokenize and fixed-cost items."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.fixed = 0
+
+    def content(self, value: Any) -> None:
+        if isinstance(value, str):
+            self.texts.append(value)
+        elif isinstance(value, list):
+            for part in value:
+                self.part(part)
+        elif isinstance(value, dict):
+            self.part(value)
+
+    def part(self, part: Any) -> None:
+        if isinstance(part, str):
+            self.texts.append(part)
+            return
+        if not isinstance(part, dict):
+            return
+        kind = part.get("type")
+        if kind in ("image_url", "image", "input_image"):
+            self.fixed += IMAGE_TOKENS
+        elif kind in ("document", "file", "input_file"):
+            self.fixed += len(json.dumps(part)) // 3  # base64: at most one token per 3 chars
+        elif kind in ("tool_use", "tool_result"):
+            self.texts.append(json.dumps(part.get("input", ""), ensure_ascii=False))
+            self.content(part.get("content"))
+        else:
+            for key in ("text", "thinking", "refusal", "input_text", "output_text"):
+                if isinstance(part.get(key), str):
+                    self.texts.append(part[key])
+
+
+def count_request(body: dict[str, Any], model: str, anthropic: bool) -> int:
+    """An upper estimate of the input tokens of a chat or messages request (any other JSON
+    body: its serialized size in tokens)."""
+    c = _Collector()
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        c.fixed += REPLY_OVERHEAD
+        for msg in messages:
+            if not isinstance(msg, dict):
+                continue
+            c.fixed += MESSAGE_OVERHEAD
+            c.content(msg.get("content"))
+            for call in msg.get("tool_calls") or []:
+                if isinstance(call, dict):
+                    c.texts.append(json.dumps(call.get("function", call), ensure_ascii=False))
+        c.content(body.get("system"))
+        if body.get("tools"):
+            c.texts.append(json.dumps(body["tools"], ensure_ascii=False))
+    else:
+        c.texts.append(json.dumps(body, ensure_ascii=False))
+    name = "cl100k_base" if anthropic else encoding_for(model)
+    tokens = c.fixed + sum(count_text(t, name) for t in c.texts)
+    return math.ceil(tokens * CLAUDE_MARGIN) if anthropic else tokens
