@@ -23,6 +23,23 @@ _REQUEST_PREFIX = secrets.token_hex(6)
 _request_counter = itertools.count(1)
 
 
+# Per-flow objects that must not go into flow.metadata (which mitmproxy serializes into
+# flow dumps): the parsed request body, the budget reservation, the stream meter.
+_scratch: dict[str, dict[str, Any]] = {}
+
+
+def scratch(flow: http.HTTPFlow) -> dict[str, Any]:
+    s = _scratch.get(flow.id)
+    if s is None:
+        s = _scratch[flow.id] = {}
+    return s
+
+
+def drop_scratch(flow: http.HTTPFlow) -> dict[str, Any]:
+    """Remove and return the flow's scratch space (done once the flow has ended)."""
+    return _scratch.pop(flow.id, {})
+
+
 def new_request_id() -> str:
     """A request id unique across router processes: random per process, then a counter."""
     return f"req_{_REQUEST_PREFIX}{next(_request_counter):08x}"

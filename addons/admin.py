@@ -50,12 +50,25 @@ class Admin:
         command = flow.request.path[len(ADMIN_PREFIX) :].partition("?")[0]
         if command == "status" and flow.request.method == "GET":
             return self._reply(flow, self.status())
+        if command == "budget" and flow.request.method == "POST":
+            try:
+                limit = json.loads(flow.request.content or b"{}").get("limit_usd")
+                if limit is not None and (
+                    isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0
+                ):
+                    raise ValueError("limit_usd must be a number >= 0 or null")
+            except (ValueError, AttributeError) as e:
+                return answer_error(flow, errors.bad_request(f"budget: {e}"))
+            ctx.master.addons.get("budget").set_limit_usd(limit)
+            return self._reply(flow, self.status())
         return answer_error(flow, errors.not_found(f"Unknown admin command {command!r}."))
 
     def status(self) -> dict:
+        budget = ctx.master.addons.get("budget")
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
+            "budget": budget.status() if budget is not None else None,
         }
 
     @staticmethod

@@ -17,7 +17,7 @@ from iron_runtime.errors import ApiShape
 from iron_runtime.gateway import GatewayStream, translate_error, translate_request
 from iron_runtime.gateway.response import translate_response
 
-from ._glue import answer_error, fail_closed
+from ._glue import answer_error, fail_closed, scratch
 from .pricing import price_table
 
 logger = logging.getLogger("iron_runtime")
@@ -32,7 +32,7 @@ class Gateway:
         m = flow.metadata.get("iron")
         if flow.response or m is None or not m.get("gateway"):
             return
-        payload = m.pop("_payload", None) or {}
+        payload = scratch(flow).get("payload") or {}
         try:
             t = translate_request(payload, price_table().max_output_tokens)
         except errors.RouterError as e:
@@ -40,6 +40,7 @@ class Gateway:
         req = flow.request
         req.path = m.get("upstream_base_path", "") + "/v1/messages"
         req.content = json.dumps(t.body, ensure_ascii=False).encode()
+        scratch(flow)["payload"] = t.body  # what the budget prices: the Anthropic request
         req.headers["content-type"] = "application/json"
         req.headers["accept-encoding"] = "identity"  # the stream is read and rewritten
         for name in _OPENAI_ONLY:
@@ -62,6 +63,7 @@ class Gateway:
             resp.headers.pop("content-encoding", None)
             resp.headers["transfer-encoding"] = "chunked"
             resp.stream = _stream_callable(translator, m)
+            scratch(flow)["meter"] = translator.meter
             m["stream"] = True
 
     @fail_closed
@@ -73,7 +75,9 @@ class Gateway:
         raw = resp.get_content(strict=False) or b""
         if 200 <= resp.status_code < 300:
             try:
-                body = translate_response(json.loads(raw), m.get("model") or "")
+                message = json.loads(raw)
+                scratch(flow)["answer"] = message  # the budget reads Anthropic's usage
+                body = translate_response(message, m.get("model") or "")
             except (ValueError, TypeError, AttributeError) as e:
                 err = errors.upstream_error(
                     502, f"Anthropic sent an answer the gateway could not read: {e}"

@@ -24,7 +24,7 @@ from iron_runtime.payload import model_of, parse_json_body
 from iron_runtime.providers import Provider, default_upstream
 from iron_runtime.upstreams import Upstream
 
-from ._glue import answer_error, fail_closed, meta, new_request_id
+from ._glue import answer_error, fail_closed, meta, new_request_id, scratch
 
 logger = logging.getLogger("iron_runtime")
 
@@ -211,10 +211,11 @@ class Router:
         r = routing.route(req.method, req.path, req.headers, model)
         m.update(provider=r.provider.value, model=model, route=r.by, shape=r.shape.value)
         m["stream"] = bool(payload and payload.get("stream"))
+        if payload is not None:
+            scratch(flow)["payload"] = payload
         flow.comment = f"{model or req.path} → {r.provider.value}"
         if r.gateway:
             m["gateway"] = True
-            m["_payload"] = payload  # for the gateway addon, which removes it
 
         key = self.keys.get(r.provider)
         if key is None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .budget import usd_to_micros
 from .keys import ProviderKeys
 from .providers import Provider, default_upstream, detect_provider
 from .upstreams import Upstream
@@ -137,16 +138,14 @@ class LlmRouter:
         port: int = 0,
         host: str = "127.0.0.1",
         state_dir: str | os.PathLike[str] | None = None,
+        pricing: str | os.PathLike[str] | None = None,
         body_limit: int = DEFAULT_BODY_LIMIT,
         startup_timeout: float = 30.0,
     ) -> None:
         if provider_key is None and not provider_keys and (api_key is None or server_url is None):
             raise ValueError(MISSING_ARGUMENTS)
         if budget is not None:
-            raise NotImplementedError(
-                "budget enforcement is not available in this version of iron_runtime; "
-                "refusing to start rather than run without the limit you asked for"
-            )
+            usd_to_micros(budget)  # ValueError for a negative or non-numeric budget
         if cache_ttl_seconds < 0:
             raise ValueError("cache_ttl_seconds must be >= 0")
         if not 0 <= port <= 65535:
@@ -185,6 +184,8 @@ class LlmRouter:
             "iron_anthropic_upstream": resolved[Provider.ANTHROPIC].url,
             "iron_admin_secret": self._admin_secret,
             "iron_body_limit": body_limit,
+            "iron_budget": "" if budget is None else repr(float(budget)),
+            "iron_pricing": str(pricing) if pricing else "",
         }
         if not keys:
             options["iron_key_note"] = (
@@ -234,16 +235,39 @@ class LlmRouter:
     def is_running(self) -> bool:
         return not self._stopped and self._proc.poll() is None
 
+    def _budget(self) -> dict | None:
+        if self._stopped:
+            return None
+        return self._admin("GET", "status")["budget"]
+
     @property
     def budget(self) -> float | None:
-        return None
+        """The limit in USD; None when unlimited (or once stopped)."""
+        b = self._budget()
+        return None if b is None or b["limit_micros"] is None else b["limit_micros"] / 1e6
 
     @property
     def budget_status(self) -> tuple[float, float] | None:
-        return None
+        """``(spent_usd, limit_usd)``, spent excluding requests still in flight; None when
+        unlimited (or once stopped)."""
+        b = self._budget()
+        if b is None or b["limit_micros"] is None:
+            return None
+        return b["spent_micros"] / 1e6, b["limit_micros"] / 1e6
 
     def total_spent(self) -> float:
-        return 0.0
+        """USD spent so far (0.0 once stopped)."""
+        b = self._budget()
+        return 0.0 if b is None else b["spent_micros"] / 1e6
+
+    def set_budget(self, amount_usd: float | None) -> None:
+        """Change the limit at once (None: unlimited); requests refused before may now pass.
+        Does nothing once stopped."""
+        if self._stopped:
+            return
+        if amount_usd is not None:
+            usd_to_micros(amount_usd)  # validates
+        self._admin("POST", "budget", {"limit_usd": amount_usd})
 
     def stop(self) -> None:
         """Stop the router process and wait for it; calling it again does nothing."""

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from ..metering import UsageMeter
 from ..sse import SSEError, SSEParser
 from .response import finish_reason, openai_error, openai_usage
 
@@ -44,6 +45,7 @@ class GatewayStream:
         self.started = False
         self.finished = False  # [DONE] or an error was emitted
         self.error: str | None = None
+        self.meter = UsageMeter()  # what the budget charges, also for a cut stream
 
     # -- public ---------------------------------------------------------------------------
 
@@ -86,6 +88,7 @@ class GatewayStream:
 
     def _event(self, name: str | None, data: str) -> bytes:
         ev = json.loads(data)
+        self.meter.observe_anthropic(ev)
         kind = ev.get("type", name)
         if kind == "message_start":
             msg = ev["message"]

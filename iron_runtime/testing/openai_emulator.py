@@ -33,6 +33,11 @@ class OpenAIEmulator(Emulator):
         self.reply_text: str | None = None
         self.cached_tokens = 0
 
+    def reset(self) -> None:
+        super().reset()
+        self.reply_text = None
+        self.cached_tokens = 0
+
     def handle(self, request: RecordedRequest) -> Reply:
         path = request.path.partition("?")[0]
         if request.headers.get("authorization") != f"Bearer {self.api_key}":

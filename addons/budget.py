@@ -1,0 +1,260 @@
+"""Budget addon: reserve a request's worst-case cost before it is forwarded, settle it at
+the actual cost afterwards, on every exit path (SPEC §6).
+
+Exit paths: a normal answer (settled from the provider's usage), an upstream error status
+(released: providers do not bill refused requests), a stream cut off by either side (charged
+for input plus delivered output), a connection error before any answer (released), an
+exception in a hook (the fail-closed guard, then the same paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from mitmproxy import ctx, exceptions, http
+
+from iron_runtime import errors
+from iron_runtime.budget import Ledger, Reservation, micros_to_usd, usd_to_micros
+from iron_runtime.cost import (
+    Usage,
+    cost_micros,
+    requested_max_output,
+    summary_comment,
+    usage_from,
+    worst_case_micros,
+)
+from iron_runtime.metering import StreamMeter
+from iron_runtime.pricing import ModelPrice
+from iron_runtime.tokens import count_request, encoding, encoding_for
+
+from ._glue import answer_error, drop_scratch, fail_closed, meta, scratch
+from .pricing import price_table
+
+logger = logging.getLogger("iron_runtime")
+
+# Bodies larger than this are counted on a worker thread (tiktoken releases the GIL), so that
+# a long prompt does not stall every other flow on the event loop.
+INLINE_COUNT_BYTES = 64 * 1024
+DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table says
+
+
+def unpriced(model: str) -> errors.RouterError:
+    return errors.RouterError(
+        402,
+        "iron_cage_unpriced_model",
+        "unpriced_model",
+        f"Model {model!r} has no price, so its cost cannot be kept within the budget. Add it "
+        "to a price file (LiteLLM's model_prices_and_context_window.json format: "
+        '{"%s": {"input_cost_per_token": ..., "output_cost_per_token": ..., '
+        '"max_output_tokens": ...}}) and pass it as pricing= (or --set iron_pricing=FILE).' % model,
+    )
+
+
+class Budget:
+    def __init__(self) -> None:
+        self.ledger = Ledger(None)
+        self.warned: set[str] = set()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "iron_budget",
+            str,
+            "",
+            "Budget in USD for everything this router forwards (empty: unlimited).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "iron_budget" in updated:
+            value = ctx.options.iron_budget.strip()
+            try:
+                self.ledger.set_limit(usd_to_micros(float(value)) if value else None)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"iron_budget: {e}") from None
+
+    def running(self) -> None:
+        encoding("cl100k_base")  # load the vocabularies now, not on the first request
+        encoding("o200k_base")
+
+    # -- before forwarding ---------------------------------------------------------------
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow):
+        m = flow.metadata.get("iron")
+        if flow.response or m is None or "upstream" not in m:
+            return None
+        body = scratch(flow).get("payload")
+        model = m.get("upstream_model") or m.get("model")
+        if not model or not isinstance(body, dict):
+            return None  # no model, no price: listing models and the like cost nothing
+        price = price_table().lookup(model)
+        if price is None or not price.priced:
+            if self.ledger.limit is not None:
+                return answer_error(flow, unpriced(model))
+            if model not in self.warned:
+                self.warned.add(model)
+                logger.warning(
+                    "iron_runtime: model %r has no price; its requests are "
+                    "recorded with cost_known=false",
+                    model,
+                )
+            m["cost_known"] = False
+            return None
+        anthropic = m.get("provider") == "anthropic"
+        if len(flow.request.raw_content or b"") > INLINE_COUNT_BYTES:
+            return self._reserve_later(flow, body, model, price, anthropic)
+        self._reserve(flow, count_request(body, model, anthropic), body, model, price)
+        return None
+
+    async def _reserve_later(self, flow, body, model, price, anthropic) -> None:
+        try:
+            tokens = await asyncio.to_thread(count_request, body, model, anthropic)
+            self._reserve(flow, tokens, body, model, price)
+        except Exception:
+            logger.exception("iron_runtime: budget reservation failed")
+            answer_error(
+                flow,
+                errors.internal_error(
+                    "The router failed to price this request, which was not forwarded."
+                ),
+            )
+
+    def _reserve(
+        self, flow: http.HTTPFlow, input_tokens: int, body: dict, model: str, price: ModelPrice
+    ) -> None:
+        m = meta(flow)
+        max_out = requested_max_output(body) or price.max_output_tokens or DEFAULT_MAX_OUTPUT
+        amount = worst_case_micros(price, input_tokens, max_out)
+        try:
+            reservation = self.ledger.reserve(
+                amount, f"{input_tokens} input + {max_out} output tokens of {model}"
+            )
+        except errors.RouterError as e:
+            return answer_error(flow, e)
+        s = scratch(flow)
+        s["reservation"], s["price"], s["input_estimate"] = reservation, price, input_tokens
+        m.update(reservation_micros=amount, input_estimate=input_tokens, cost_known=True)
+        if body.get("stream"):
+            flow.request.headers["accept-encoding"] = "identity"  # the meter reads the stream
+            if m.get("provider") == "openai" and not m.get("translated"):
+                self._ask_for_stream_usage(flow, body)
+
+    @staticmethod
+    def _ask_for_stream_usage(flow: http.HTTPFlow, body: dict) -> None:
+        """OpenAI reports a stream's usage only when asked; ask, and remember to remove the
+        extra chunk if the client did not ask itself."""
+        if not flow.request.path.partition("?")[0].endswith("/chat/completions"):
+            return
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            return
+        body = {
+            **body,
+            "stream_options": {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            },
+        }
+        flow.request.content = json.dumps(body, ensure_ascii=False).encode()
+        scratch(flow)["strip_usage_chunk"] = True
+
+    # -- the answer ----------------------------------------------------------------------
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        s = scratch(flow)
+        resp = flow.response
+        if "reservation" not in s or resp is None or "meter" in s:
+            return
+        if resp.headers.get("content-type", "").startswith("text/event-stream"):
+            m = meta(flow)
+            meter = StreamMeter(
+                m.get("provider") == "anthropic",
+                encoding_for(m.get("model") or ""),
+                s.get("strip_usage_chunk", False),
+            )
+            s["meter"] = meter.meter
+            resp.stream = _metered(meter)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        s = drop_scratch(flow)
+        reservation = s.get("reservation")
+        if reservation is None:
+            return
+        try:
+            self._settle_answer(flow, s)
+        except Exception:
+            logger.exception("iron_runtime: settling a request failed; its reservation is released")
+        finally:
+            self.ledger.release(reservation)  # no-op once settled
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        s = drop_scratch(flow)
+        reservation = s.get("reservation")
+        if reservation is None:
+            return
+        try:
+            meter = s.get("meter")
+            if meter is not None and flow.response is not None:
+                # a stream cut off by the client or the provider: input plus what was delivered
+                self._charge(flow, reservation, s["price"], meter.charged(s["input_estimate"]))
+        except Exception:
+            logger.exception("iron_runtime: settling a failed request failed")
+        finally:
+            self.ledger.release(reservation)
+
+    def _settle_answer(self, flow: http.HTTPFlow, s: dict) -> None:
+        resp = flow.response
+        reservation: Reservation = s["reservation"]
+        if resp is None or not 200 <= resp.status_code < 300:
+            self.ledger.release(reservation)
+            return
+        meter = s.get("meter")
+        if meter is not None:
+            usage = meter.charged(s["input_estimate"])
+        else:
+            answer = s.get("answer")
+            if answer is None:
+                try:
+                    answer = json.loads(resp.get_content(strict=False) or b"null")
+                except ValueError:
+                    answer = None
+            usage = usage_from(answer) or Usage(s["input_estimate"], 0)
+        cost = self._charge(flow, reservation, s["price"], usage)
+        if meter is None:
+            resp.headers["x-iron-cost-usd"] = f"{micros_to_usd(cost):.6f}"
+
+    def _charge(
+        self, flow: http.HTTPFlow, reservation: Reservation, price: ModelPrice, usage: Usage
+    ) -> int:
+        cost = cost_micros(price, usage)
+        self.ledger.settle(reservation, cost)
+        m = meta(flow)
+        m.update(cost_micros=cost, usage=usage.as_dict())
+        flow.comment = summary_comment(m.get("model"), usage, cost)
+        return cost
+
+    # -- admin ---------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        spent, reserved, limit = self.ledger.status()
+        return {"spent_micros": spent, "reserved_micros": reserved, "limit_micros": limit}
+
+    def set_limit_usd(self, value: float | None) -> None:
+        self.ledger.set_limit(None if value is None else usd_to_micros(value))
+
+
+def _metered(meter: StreamMeter):
+    """The stream function: meter the provider's bytes as they pass. ``[]`` means "nothing
+    yet" to mitmproxy (``b""`` would end the client's response)."""
+
+    def feed(data: bytes):
+        try:
+            out = meter.feed(data)
+        except Exception:
+            logger.exception("iron_runtime: stream metering failed")
+            out = data
+        return out or []
+
+    return feed
