@@ -90,6 +90,15 @@ class Lifecycle:
             await asyncio.sleep(0.01)
 
 
+class AddonGroup:
+    """The iron addons as one entry of mitmproxy's addon chain (as a ``-s`` script is):
+    mitmproxy wraps every chain entry in its own error guard and coroutine for every event
+    of every flow, so five entries cost measurably more than one with five children."""
+
+    def __init__(self, addons: list, *more: object) -> None:
+        self.addons = [*addons, *more]
+
+
 def _configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("iron-runtime[%(process)d] %(levelname)s %(message)s"))
@@ -117,8 +126,7 @@ async def serve(options: dict[str, Any], out: Any, bare: bool = False) -> None:
         ps,
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
-        *([] if bare else make_addons()),
-        Lifecycle(master, ps, out),
+        AddonGroup([] if bare else make_addons(), Lifecycle(master, ps, out)),
     )
     # lazy: never connect to the reverse target before the router has chosen the upstream.
     opts.update(connection_strategy="lazy", **options)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: direct to the emulator vs bare mitmproxy vs the iron router, in one run.
 
-    .venv/bin/python scripts/bench.py [--duration 5] [--stream-requests 40] [--only openai]
+    .venv/bin/python scripts/bench.py [--duration 2] [--rounds 5] [--only openai|gateway]
 
 Each emulator (OpenAI, Anthropic) runs in its own process; so do the bare mitmproxy (the
 same lean master, without the iron addons) and the router. Non-streamed load comes from
@@ -162,17 +162,28 @@ def stream_timings(t: Target, words: int, pause: float, count: int, deadline: fl
     }
 
 
-def measure(t: Target, conc: list[int], args, tmp: Path) -> None:
-    wrk(t, 10, 1, tmp)  # warm-up
-    t.results = {c: wrk(t, c, args.duration, tmp) for c in conc}
-    limit = time.monotonic() + 60
-    t.results["paced"] = stream_timings(t, 20, 0.005, args.stream_requests, limit)
-    t.results["burst"] = stream_timings(t, STREAM_WORDS, 0.0, args.stream_requests, limit)
-    print(f"  measured {t.name}", file=sys.stderr, flush=True)
+def measure(targets: list[Target], conc: list[int], args, tmp: Path) -> None:
+    """Each cell is the median of ``--rounds`` wrk runs, the targets taking turns within a
+    round, so that a slow patch of this shared machine hits every target alike."""
+    for t in targets:
+        wrk(t, 10, 1, tmp)  # warm-up
+    for c in conc:
+        runs: dict[str, list[dict]] = {t.name: [] for t in targets}
+        for _ in range(args.rounds):
+            for t in targets:
+                runs[t.name].append(wrk(t, c, args.duration, tmp))
+        for t in targets:
+            cell = sorted(runs[t.name], key=lambda r: r["rps"])[len(runs[t.name]) // 2]
+            t.results[c] = cell
+    for t in targets:
+        limit = time.monotonic() + 60
+        t.results["paced"] = stream_timings(t, 20, 0.005, args.stream_requests, limit)
+        t.results["burst"] = stream_timings(t, STREAM_WORDS, 0.0, args.stream_requests, limit)
+        print(f"  measured {t.name}", file=sys.stderr, flush=True)
 
 
 def report(title: str, targets: list[Target], conc: list[int], duration: float) -> None:
-    print(f"\n{title}: non-streamed, wrk -t1, {duration:.0f} s per cell")
+    print(f"\n{title}: non-streamed, wrk -t1, median of rounds of {duration:.0f} s per cell")
     print(
         f"{'target':<22}"
         + "".join(f"{'c=' + str(c) + ' req/s':>13}{'p50 ms':>9}{'p99 ms':>9}" for c in conc)
@@ -216,7 +227,8 @@ def ratios(label: str, a: Target, b: Target, conc: list[int]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=5, help="wrk runs per cell (median kept)")
     ap.add_argument("--stream-requests", type=int, default=40)
     ap.add_argument("--concurrency", default="1,10,50")
     ap.add_argument("--only", choices=["openai", "gateway"], default=None)
@@ -231,11 +243,12 @@ def main() -> None:
         oemu, ourl = start_emulator("openai", OPENAI_KEY)
         aemu, aurl = start_emulator("anthropic", ANTHROPIC_KEY)
         stops += [oemu.kill, aemu.kill]
-        router = LlmRouter(
-            provider_keys={"openai": OPENAI_KEY, "anthropic": ANTHROPIC_KEY},
-            upstreams={"openai": ourl, "anthropic": aurl},
-        )
+        keys = {"openai": OPENAI_KEY, "anthropic": ANTHROPIC_KEY}
+        upstreams = {"openai": ourl, "anthropic": aurl}
+        router = LlmRouter(provider_keys=keys, upstreams=upstreams)
         stops.append(router.stop)
+        budgeted = LlmRouter(provider_keys=keys, upstreams=upstreams, budget=1_000_000)
+        stops.append(budgeted.stop)
         print(f"router started in {router.startup_seconds:.2f} s", file=sys.stderr)
         rurl = router.base_url.removesuffix("/v1")
         bares = {}
@@ -255,6 +268,13 @@ def main() -> None:
             Target("direct", ourl, chat, okey, chat_body("gpt-4o-mini")),
             Target("bare mitmproxy", bares["openai"], chat, okey, chat_body("gpt-4o-mini")),
             Target("iron router", rurl, chat, token, chat_body("gpt-4o-mini")),
+            Target(
+                "iron router+budget",
+                budgeted.base_url.removesuffix("/v1"),
+                chat,
+                token,
+                chat_body("gpt-4o-mini"),
+            ),
         ]
         gateway_rows = [
             Target("direct anthropic", aurl, "/v1/messages", akey, messages_body("claude-x")),
@@ -271,8 +291,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmpdir:
             for rows, kind in ((openai_rows, "openai"), (gateway_rows, "gateway")):
                 if args.only in (None, kind):
-                    for t in rows:
-                        measure(t, conc, args, Path(tmpdir))
+                    measure(rows, conc, args, Path(tmpdir))
     finally:
         for stop in reversed(stops):
             stop()
@@ -285,11 +304,43 @@ def main() -> None:
     if args.only in (None, "openai"):
         ratios("router / bare", openai_rows[2], openai_rows[1], conc)
         ratios("router / direct", openai_rows[2], openai_rows[0], conc)
+        ratios("router+budget / bare", openai_rows[3], openai_rows[1], conc)
     if args.only in (None, "gateway"):
         ratios("gateway / bare", gateway_rows[3], gateway_rows[1], conc)
         ratios("gateway / direct", gateway_rows[3], gateway_rows[0], conc)
         ratios("gateway / router native", gateway_rows[3], gateway_rows[2], conc)
     print("(bare mitmproxy buffers SSE unless told to stream: its TTFB is its total time)")
+    token_count_timings()
+
+
+def token_count_timings() -> None:
+    """How long the reservation's token count takes, on the router's hot path."""
+    from iron_runtime.tokens import count_request, encoding
+
+    encoding("o200k_base")
+    encoding("cl100k_base")
+    print("\nReservation token count (iron_runtime.tokens.count_request, median of 200)")
+    for label, words in (
+        ("short prompt", 5),
+        ("2k-token prompt", 2_000),
+        ("100k-token prompt", 100_000),
+    ):
+        body = {
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": " ".join(["token"] * words)},
+            ],
+        }
+        runs = 200 if words < 50_000 else 10
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            count_request(body, "gpt-4o", False)
+            times.append(time.perf_counter() - t0)
+        size = len(json.dumps(body))
+        where = "on a worker thread" if size > 64 * 1024 else "inline"
+        print(f"  {label:<18} {statistics.median(times) * 1e6:>10.1f} µs   ({where})")
 
 
 if __name__ == "__main__":
