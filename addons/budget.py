@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 
 from mitmproxy import ctx, exceptions, http
 
@@ -74,8 +75,9 @@ class Budget:
                 raise exceptions.OptionsError(f"iron_budget: {e}") from None
 
     def running(self) -> None:
-        encoding("cl100k_base")  # load the vocabularies now, not on the first request
-        encoding("o200k_base")
+        # Load the vocabularies now (0.3 s) rather than on the first request, but off the
+        # start-up path: a request arriving earlier waits for them.
+        threading.Thread(target=_load_vocabularies, daemon=True).start()
 
     # -- before forwarding ---------------------------------------------------------------
 
@@ -243,6 +245,11 @@ class Budget:
 
     def set_limit_usd(self, value: float | None) -> None:
         self.ledger.set_limit(None if value is None else usd_to_micros(value))
+
+
+def _load_vocabularies() -> None:
+    encoding("cl100k_base")
+    encoding("o200k_base")
 
 
 def _metered(meter: StreamMeter):
