@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import logging
 import secrets
@@ -67,15 +68,13 @@ def answer_error(flow: http.HTTPFlow, err: RouterError, shape: ApiShape | None =
 
 def fail_closed(hook: Callable) -> Callable:
     """An exception in a hook answers a 500 JSON error instead of letting the request through
-    unmodified (mitmproxy's default); once the response is on its way, the flow is killed."""
+    unmodified (mitmproxy's default); once the response is on its way, the flow is killed.
+    A hook may return a coroutine (mitmproxy awaits it): it is guarded the same way."""
 
-    @functools.wraps(hook)
-    def wrapper(self: Any, flow: http.HTTPFlow) -> Any:
-        try:
-            return hook(self, flow)
-        except Exception:
-            logger.exception("iron_runtime: %s.%s failed", type(self).__name__, hook.__name__)
-            if hook.__name__ in ("request", "requestheaders", "http_connect"):
+    def failed(self: Any, flow: http.HTTPFlow) -> None:
+        logger.exception("iron_runtime: %s.%s failed", type(self).__name__, hook.__name__)
+        if hook.__name__ in ("request", "requestheaders", "http_connect"):
+            if flow.response is None:
                 answer_error(
                     flow,
                     errors.internal_error(
@@ -83,8 +82,24 @@ def fail_closed(hook: Callable) -> Callable:
                         "forwarded. The router's log has the details."
                     ),
                 )
-            elif flow.live and not flow.error:
-                flow.kill()
+        elif flow.live and not flow.error:
+            flow.kill()
+
+    async def guarded(self: Any, flow: http.HTTPFlow, pending: Any) -> None:
+        try:
+            await pending
+        except Exception:
+            failed(self, flow)
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, flow: http.HTTPFlow) -> Any:
+        try:
+            result = hook(self, flow)
+        except Exception:
+            failed(self, flow)
             return None
+        if result is not None and inspect.isawaitable(result):
+            return guarded(self, flow, result)
+        return result
 
     return wrapper

@@ -50,6 +50,9 @@ class Admin:
         command = flow.request.path[len(ADMIN_PREFIX) :].partition("?")[0]
         if command == "status" and flow.request.method == "GET":
             return self._reply(flow, self.status())
+        if command == "stats" and flow.request.method == "GET":
+            analytics = ctx.master.addons.get("analytics")
+            return self._reply(flow, analytics.stats() if analytics is not None else {})
         if command == "budget" and flow.request.method == "POST":
             try:
                 limit = json.loads(flow.request.content or b"{}").get("limit_usd")

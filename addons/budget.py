@@ -31,6 +31,7 @@ from iron_runtime.pricing import ModelPrice
 from iron_runtime.tokens import count_request, encoding, encoding_for
 
 from ._glue import answer_error, drop_scratch, fail_closed, meta, scratch
+from .control import control
 from .pricing import price_table
 
 logger = logging.getLogger("iron_runtime")
@@ -90,6 +91,18 @@ class Budget:
         model = m.get("upstream_model") or m.get("model")
         if not model or not isinstance(body, dict):
             return None  # no model, no price: listing models and the like cost nothing
+        ctl = control()
+        if ctl is not None and ctl.lease_wanted and ctl.leases and ctl.leases.lease is None:
+            return answer_error(
+                flow,
+                errors.RouterError(
+                    503,
+                    "iron_cage_budget_unavailable",
+                    "budget_unavailable",
+                    f"No budget lease from the Iron Cage server yet: {ctl.lease_error} The router "
+                    "keeps retrying.",
+                ),
+            )
         price = price_table().lookup(model)
         if price is None or not price.priced:
             if self.ledger.limit is not None:
@@ -235,6 +248,15 @@ class Budget:
         m = meta(flow)
         m.update(cost_micros=cost, usage=usage.as_dict())
         flow.comment = summary_comment(m.get("model"), usage, cost)
+        ctl = control()
+        if ctl is not None:
+            ctl.settled(
+                m.get("request_id", ""),
+                usage.prompt + usage.output,
+                cost,
+                m.get("upstream_model") or m.get("model") or "",
+                m.get("provider", ""),
+            )
         return cost
 
     # -- admin ---------------------------------------------------------------------------

@@ -5,7 +5,9 @@ The package must be installed (``pip install -e .``) so that the core can be imp
 
 try:
     from iron_runtime.addons.admin import Admin
+    from iron_runtime.addons.analytics import Analytics
     from iron_runtime.addons.budget import Budget
+    from iron_runtime.addons.control import Control
     from iron_runtime.addons.gateway import Gateway
     from iron_runtime.addons.pricing import Pricing
     from iron_runtime.addons.router import Router
@@ -17,7 +19,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - a message for a checkout 
 
 def make_addons() -> list:
     """A fresh set of iron_runtime addons, in the order their hooks must run."""
-    return [Pricing(), Admin(), Router(), Gateway(), Budget()]
+    return [Pricing(), Control(), Admin(), Router(), Gateway(), Budget(), Analytics()]
 
 
 addons = make_addons()

@@ -25,6 +25,7 @@ from iron_runtime.providers import Provider, default_upstream
 from iron_runtime.upstreams import Upstream
 
 from ._glue import answer_error, fail_closed, meta, new_request_id, scratch
+from .control import control
 
 logger = logging.getLogger("iron_runtime")
 
@@ -71,7 +72,6 @@ class Router:
         self.masked_keys: dict[str, str] = {}
         self.upstreams = {p: Upstream.parse(default_upstream(p)) for p in Provider}
         self.body_limit = DEFAULT_BODY_LIMIT
-        self.key_note = ""
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -103,12 +103,6 @@ class Router:
         )
         loader.add_option(
             "iron_body_limit", int, DEFAULT_BODY_LIMIT, "Largest request body accepted, in bytes."
-        )
-        loader.add_option(
-            "iron_key_note",
-            str,
-            "",
-            "Why no key is available yet (answered as 503 to requests that need one).",
         )
         _http1.make_error_response = _json_error_page
 
@@ -143,8 +137,6 @@ class Router:
             if opts.iron_body_limit <= 0:
                 raise exceptions.OptionsError("iron_body_limit must be a positive byte count")
             self.body_limit = opts.iron_body_limit
-        if "iron_key_note" in updated:
-            self.key_note = opts.iron_key_note
         if updated & {"listen_host", "iron_token"}:
             self._check_exposure(opts.listen_host)
         if "connection_strategy" in updated and opts.connection_strategy != "lazy":
@@ -218,19 +210,52 @@ class Router:
             m["gateway"] = True
 
         key = self.keys.get(r.provider)
-        if key is None:
-            if self.key_note:
-                return answer_error(flow, errors.key_unavailable(503, self.key_note))
+        if key is not None:
+            return self._forward(flow, r, key, None)
+        ctl = control()
+        if ctl is not None and ctl.keys is not None:
+            cached = ctl.keys.fresh()
+            if cached is not None:
+                return self._forward_server_key(flow, r, cached)
+            return self._fetch_and_forward(flow, r, ctl)
+        return answer_error(
+            flow,
+            errors.key_unavailable(
+                403,
+                f"The router holds no {r.provider.value} key. Start it with "
+                f"provider_keys={{'{r.provider.value}': ...}} "
+                f"(or --set iron_{r.provider.value}_key=...).",
+            ),
+        )
+
+    async def _fetch_and_forward(self, flow: http.HTTPFlow, r: routing.Route, ctl) -> None:
+        try:
+            key = await ctl.keys.get()
+        except errors.RouterError as e:
+            return answer_error(flow, e)
+        ctl.provider = key.provider.value
+        self._forward_server_key(flow, r, key)
+
+    def _forward_server_key(self, flow: http.HTTPFlow, r: routing.Route, key) -> None:
+        if key.provider is not r.provider:
             return answer_error(
                 flow,
                 errors.key_unavailable(
                     403,
-                    f"The router holds no {r.provider.value} key. Start it with "
-                    f"provider_keys={{'{r.provider.value}': ...}} "
-                    f"(or --set iron_{r.provider.value}_key=...).",
+                    f"This agent's provider key is for {key.provider.value}; the request needs "
+                    f"{r.provider.value} (model {meta(flow).get('model')!r}).",
                 ),
             )
-        upstream = self.upstreams[r.provider]
+        self.masked_keys[key.provider.value] = mask_secret(key.key)
+        base = Upstream.parse(key.base_url) if key.base_url else None
+        self._forward(flow, r, key.key, base)
+
+    def _forward(
+        self, flow: http.HTTPFlow, r: routing.Route, key: str, upstream: Upstream | None
+    ) -> None:
+        req = flow.request
+        m = meta(flow)
+        upstream = upstream or self.upstreams[r.provider]
         # Set on .data: the public setters would rewrite the Host header three times.
         req.data.scheme, req.data.host, req.data.port = (
             upstream.scheme.encode(),
@@ -261,6 +286,7 @@ class Router:
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             resp.stream = True
             m["stream"] = True
+            m["ttft_ms"] = round((time.time() - m["started"]) * 1000, 1)
 
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:

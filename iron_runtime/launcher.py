@@ -96,8 +96,9 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
 
 def start_proxy_process(
     options: Mapping[str, Any], *, bare: bool = False, timeout: float = 30.0
-) -> tuple[subprocess.Popen, int]:
-    """Start a router process with these mitmproxy options; returns it and its port.
+) -> tuple[subprocess.Popen, dict[str, Any]]:
+    """Start a router process with these mitmproxy options; returns it and its start-up
+    report (``port``, ``pid``, ``provider``).
 
     ``bare`` starts the same lean mitmproxy without the iron addons (the benchmark's baseline).
     Stop it with ``stop_proxy_process``.
@@ -115,7 +116,7 @@ def start_proxy_process(
     if "error" in reply:
         stop_proxy_process(proc)
         raise RouterStartError(f"router failed to start: {reply['error']}")
-    return proc, int(reply["port"])
+    return proc, reply
 
 
 class LlmRouter:
@@ -139,6 +140,7 @@ class LlmRouter:
         host: str = "127.0.0.1",
         state_dir: str | os.PathLike[str] | None = None,
         pricing: str | os.PathLike[str] | None = None,
+        sync_interval: float = 5.0,
         body_limit: int = DEFAULT_BODY_LIMIT,
         startup_timeout: float = 30.0,
     ) -> None:
@@ -186,16 +188,20 @@ class LlmRouter:
             "iron_body_limit": body_limit,
             "iron_budget": "" if budget is None else repr(float(budget)),
             "iron_pricing": str(pricing) if pricing else "",
+            "iron_state_dir": str(self._state_dir),
+            "iron_sync_interval": float(sync_interval),
         }
-        if not keys:
-            options["iron_key_note"] = (
-                "This router was started in server mode, and fetching provider keys from "
-                "the Iron Cage server is not available in this version; start it with "
-                "provider_key= or provider_keys=."
-            )
+        if self._server_url:
+            options["iron_server_url"] = self._server_url
+            options["iron_cache_ttl"] = int(cache_ttl_seconds)
+            options["iron_server_keys"] = not keys  # server mode: the key comes from there
+            options["iron_lease"] = budget is None  # the budget comes from a lease
 
         started = time.perf_counter()
-        self._proc, self._port = start_proxy_process(options, timeout=startup_timeout)
+        self._proc, reply = start_proxy_process(options, timeout=startup_timeout)
+        self._port: int = reply["port"]
+        if not keys:
+            self._provider = reply.get("provider") or "unknown"
         self._finalizer = weakref.finalize(self, stop_proxy_process, self._proc)
         self.startup_seconds = time.perf_counter() - started
         self._stopped = False
@@ -259,6 +265,12 @@ class LlmRouter:
         """USD spent so far (0.0 once stopped)."""
         b = self._budget()
         return 0.0 if b is None else b["spent_micros"] / 1e6
+
+    def stats(self) -> dict:
+        """Requests, tokens and cost: totals, by model, by provider, the most recent events
+        and the outbox's sync state (read from the analytics outbox)."""
+        self._live()
+        return self._admin("GET", "stats")
 
     def set_budget(self, amount_usd: float | None) -> None:
         """Change the limit at once (None: unlimited); requests refused before may now pass.

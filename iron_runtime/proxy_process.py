@@ -43,7 +43,9 @@ class Lifecycle:
             self._say({"error": "mitmproxy did not bind its listening socket (see its log above)"})
             self.master.shutdown()
             return
-        self._say({"port": addrs[0][1], "pid": os.getpid()})
+        ctl = self.master.addons.get("control")
+        provider = ctl.provider if ctl is not None else "unknown"
+        self._say({"port": addrs[0][1], "pid": os.getpid(), "provider": provider})
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._begin_stop)
         threading.Thread(target=self._watch_stdin, args=(loop,), daemon=True).start()

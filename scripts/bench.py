@@ -253,12 +253,12 @@ def main() -> None:
         rurl = router.base_url.removesuffix("/v1")
         bares = {}
         for name, url in (("openai", ourl), ("anthropic", aurl)):
-            proc, port = start_proxy_process(
+            proc, info = start_proxy_process(
                 {"mode": [f"reverse:{url}"], "listen_host": "127.0.0.1", "listen_port": 0},
                 bare=True,
             )
             stops.append(lambda p=proc: stop_proxy_process(p))
-            bares[name] = f"http://127.0.0.1:{port}"
+            bares[name] = f"http://127.0.0.1:{info['port']}"
 
         chat = "/v1/chat/completions"
         okey = {"Authorization": f"Bearer {OPENAI_KEY}"}

@@ -6,7 +6,15 @@ run against them; they need no network and no keys.
 """
 
 from .anthropic_emulator import AnthropicEmulator
+from .control_server import ControlServerEmulator
 from .emulator import Emulator, Fault, RecordedRequest
 from .openai_emulator import OpenAIEmulator
 
-__all__ = ["AnthropicEmulator", "Emulator", "Fault", "OpenAIEmulator", "RecordedRequest"]
+__all__ = [
+    "AnthropicEmulator",
+    "ControlServerEmulator",
+    "Emulator",
+    "Fault",
+    "OpenAIEmulator",
+    "RecordedRequest",
+]

@@ -1,0 +1,181 @@
+"""Analytics addon: exactly one event per request, locally refused ones included, committed to
+the SQLite outbox in ``state_dir`` before the client's response completes, then synced to the
+control server by a background worker (SPEC §8)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+
+from iron_runtime.analytics import LlmRequestCompleted, LlmRequestFailed, Outbox, SyncWorker
+from iron_runtime.analytics.outbox import OutboxWriter
+from iron_runtime.launcher import default_state_dir
+
+logger = logging.getLogger("iron_runtime")
+
+OUTBOX_FILE = "analytics.sqlite3"
+
+
+class Analytics:
+    def __init__(self) -> None:
+        self.outbox: Outbox | None = None
+        self.writer: OutboxWriter | None = None
+        self.sync: SyncWorker | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "iron_state_dir",
+            str,
+            "",
+            "Folder of the analytics outbox (default: $IRON_STATE_DIR or "
+            "~/.local/state/iron-runtime).",
+        )
+        loader.add_option(
+            "iron_server_url",
+            str,
+            "",
+            "Iron Cage control server; analytics are synced there when set.",
+        )
+        loader.add_option("iron_sync_interval", float, 5.0, "Seconds between analytics syncs.")
+        loader.add_option(
+            "iron_flush_deadline",
+            float,
+            5.0,
+            "Seconds allowed to send pending analytics when stopping.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "iron_sync_interval" in updated and ctx.options.iron_sync_interval <= 0:
+            raise exceptions.OptionsError("iron_sync_interval must be positive")
+        if "iron_state_dir" in updated and self.outbox is None:
+            folder = Path(ctx.options.iron_state_dir or default_state_dir())
+            try:
+                self.outbox = Outbox(folder / OUTBOX_FILE)
+            except Exception as e:
+                raise exceptions.OptionsError(
+                    f"iron_state_dir: cannot open the analytics outbox in {folder}: {e}"
+                ) from None
+            self.writer = OutboxWriter(self.outbox)
+
+    def running(self) -> None:
+        if ctx.options.iron_server_url and self.outbox is not None:
+            self.sync = SyncWorker(
+                self.outbox,
+                ctx.options.iron_server_url,
+                ctx.options.iron_token,
+                interval=ctx.options.iron_sync_interval,
+            ).start()
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.sync is not None:
+            if not self.sync.stop(ctx.options.iron_flush_deadline):
+                logger.warning(
+                    "iron_runtime: analytics not all sent before the deadline; "
+                    "the next router on this state_dir sends them"
+                )
+        if self.outbox is not None:
+            self.outbox.close()
+
+    # -- recording -----------------------------------------------------------------------
+
+    def response(self, flow: http.HTTPFlow):
+        event = self._event(flow)
+        if event is None or self.writer is None:
+            return None
+        loop = asyncio.get_running_loop()
+        committed = loop.create_future()
+
+        def done() -> None:
+            loop.call_soon_threadsafe(lambda: committed.done() or committed.set_result(None))
+
+        self.writer.submit(event, done)
+        return committed  # the response completes once its event is on disk
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        event = self._event(flow)
+        if event is not None and self.writer is not None:
+            self.writer.submit(event)
+
+    def _event(self, flow: http.HTTPFlow):
+        m = flow.metadata.get("iron")
+        if m is None or m.get("local") in ("health", "admin") or m.get("recorded"):
+            return None
+        m["recorded"] = True
+        try:
+            return build_event(flow, m)
+        except Exception:
+            logger.exception("iron_runtime: could not build the analytics event")
+            return LlmRequestFailed(
+                model=str(m.get("model") or ""),
+                error_code="internal_error",
+                error_message="event could not be built",
+            )
+
+    def stats(self) -> dict:
+        return self.outbox.stats() if self.outbox is not None else {}
+
+
+def build_event(flow: http.HTTPFlow, m: dict):
+    provider = m.get("provider") or "unknown"
+    started = m.get("started") or time.time()
+    common = {
+        "provider": provider,
+        "model": str(m.get("model") or ""),
+        "request_id": m.get("request_id"),
+        "latency_ms": round((time.time() - started) * 1000, 1),
+        "ttft_ms": m.get("ttft_ms"),
+        "stream": bool(m.get("stream")),
+    }
+    resp = flow.response
+    error = m.get("error")
+    cost = int(m.get("cost_micros") or 0)
+    if (
+        resp is not None
+        and 200 <= resp.status_code < 300
+        and not flow.error
+        and not (error and m.get("stream_complete") is False)
+    ):
+        usage = m.get("usage") or {}
+        return LlmRequestCompleted(
+            **common,
+            input_tokens=usage.get("input", 0)
+            + usage.get("cache_read", 0)
+            + usage.get("cache_write", 0),
+            output_tokens=usage.get("output", 0),
+            cached_tokens=usage.get("cache_read", 0),
+            cost_micros=cost,
+            cost_known=m.get("cost_known", True) is not False,
+        )
+    if flow.error is not None:
+        code, message = "connection_error", flow.error.msg
+    elif isinstance(error, dict) and error.get("code"):
+        code, message = str(error["code"]), str(error.get("message", ""))
+    else:
+        code = str(resp.status_code) if resp is not None else "unknown"
+        message = _upstream_message(resp)
+    return LlmRequestFailed(
+        **common,
+        error_code=code,
+        error_message=message[:500],
+        status=resp.status_code if resp is not None else None,
+        cost_micros=cost,
+    )
+
+
+def _upstream_message(resp) -> str:
+    if resp is None or resp.stream:
+        return ""
+    try:
+        import json
+
+        body = json.loads(resp.get_content(strict=False) or b"{}")
+        err = body.get("error")
+        return str(err.get("message", "")) if isinstance(err, dict) else str(err or "")
+    except (ValueError, AttributeError):
+        return ""
