@@ -70,6 +70,7 @@ class ControlServerEmulator(Emulator):
         self.key_fetches = 0
         self.ip_token_key = ip_token_key or os.urandom(32)
         self.fail_every: int | None = None  # answer 500 to every n-th call (flapping)
+        self.default_grant = DEFAULT_GRANT  # µ$ a lease gets when the router asks no amount
         self.fail_status = 500
         self._calls = itertools.count(1)
         self._lock = threading.Lock()
@@ -89,6 +90,7 @@ class ControlServerEmulator(Emulator):
             self.events.clear()
             self.event_posts = self.key_fetches = 0
             self.fail_every = None
+            self.default_grant = DEFAULT_GRANT
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -157,7 +159,7 @@ class ControlServerEmulator(Emulator):
         agent = self._agent(token)
         if agent is None or auth != f"Bearer {token}":
             return _err(401, "Invalid IC Token", "UNAUTHORIZED")
-        requested = body.get("requested_budget") or DEFAULT_GRANT
+        requested = body.get("requested_budget") or self.default_grant
         grant = min(int(requested), self.remaining(agent))
         if grant <= 0:
             return _err(403, "Budget limit exceeded", "BUDGET_EXCEEDED")
