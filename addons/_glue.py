@@ -64,6 +64,7 @@ def answer_error(flow: http.HTTPFlow, err: RouterError, shape: ApiShape | None =
         {"content-type": "application/json", REQUEST_ID: m.get("request_id", "")},
     )
     m["error"] = {"status": err.status, "type": err.type, "code": err.code, "message": err.message}
+    m["local_answer"] = True
 
 
 def fail_closed(hook: Callable) -> Callable:

@@ -34,12 +34,6 @@ class Analytics:
             "Folder of the analytics outbox (default: $IRON_STATE_DIR or "
             "~/.local/state/iron-runtime).",
         )
-        loader.add_option(
-            "iron_server_url",
-            str,
-            "",
-            "Iron Cage control server; analytics are synced there when set.",
-        )
         loader.add_option("iron_sync_interval", float, 5.0, "Seconds between analytics syncs.")
         loader.add_option(
             "iron_flush_deadline",

@@ -20,6 +20,7 @@ from iron_runtime import errors
 from iron_runtime.budget import Ledger, Reservation, micros_to_usd, usd_to_micros
 from iron_runtime.cost import (
     Usage,
+    choices,
     cost_micros,
     requested_max_output,
     summary_comment,
@@ -42,7 +43,20 @@ INLINE_COUNT_BYTES = 64 * 1024
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table says
 
 
-def unpriced(model: str) -> errors.RouterError:
+# Endpoints that cost nothing: never reserved, never refused.
+FREE_ENDPOINTS = ("/count_tokens", "/files", "/uploads")
+
+
+def unpriced(model: str, model_less: bool = False) -> errors.RouterError:
+    if model_less:
+        return errors.RouterError(
+            402,
+            "iron_cage_unpriced_model",
+            "unpriced_model",
+            "This request names no model in a JSON body, so its cost cannot be kept within "
+            "the budget; the router refuses it while a budget is set (batches, for example, "
+            "are not priced).",
+        )
     return errors.RouterError(
         402,
         "iron_cage_unpriced_model",
@@ -87,10 +101,16 @@ class Budget:
         m = flow.metadata.get("iron")
         if flow.response or m is None or "upstream" not in m:
             return None
+        path = flow.request.path.partition("?")[0].rstrip("/")
+        if path.endswith(FREE_ENDPOINTS):
+            return None
         body = scratch(flow).get("payload")
         model = m.get("upstream_model") or m.get("model")
         if not model or not isinstance(body, dict):
-            return None  # no model, no price: listing models and the like cost nothing
+            if flow.request.method == "POST" and self.ledger.limit is not None:
+                # batches, uploads of work, multipart calls: nothing to price them by
+                return answer_error(flow, unpriced(model or "(none given)", model_less=True))
+            return None  # listing models and other reads cost nothing
         ctl = control()
         if ctl is not None and ctl.lease_wanted and ctl.leases and ctl.leases.lease is None:
             return answer_error(
@@ -140,6 +160,7 @@ class Budget:
     ) -> None:
         m = meta(flow)
         max_out = requested_max_output(body) or price.max_output_tokens or DEFAULT_MAX_OUTPUT
+        max_out *= choices(body)
         amount = worst_case_micros(price, input_tokens, max_out)
         try:
             reservation = self.ledger.reserve(
@@ -171,7 +192,7 @@ class Budget:
                 "include_usage": True,
             },
         }
-        flow.request.content = json.dumps(body, ensure_ascii=False).encode()
+        flow.request.content = json.dumps(body).encode()
         scratch(flow)["strip_usage_chunk"] = True
 
     # -- the answer ----------------------------------------------------------------------
@@ -214,6 +235,11 @@ class Budget:
             if meter is not None and flow.response is not None:
                 # a stream cut off by the client or the provider: input plus what was delivered
                 self._charge(flow, reservation, s["price"], meter.charged(s["input_estimate"]))
+            elif flow.server_conn is not None and flow.server_conn.timestamp_tcp_setup:
+                # the provider had the request and may well bill it in full: charge the worst
+                # case rather than nothing (connection failures before that cost nothing)
+                self.ledger.settle(reservation, reservation.amount)
+                meta(flow).update(cost_micros=reservation.amount, cost_estimated=True)
         except Exception:
             logger.exception("iron_runtime: settling a failed request failed")
         finally:

@@ -39,7 +39,7 @@ class Gateway:
             return answer_error(flow, e, ApiShape.OPENAI)
         req = flow.request
         req.path = m.get("upstream_base_path", "") + "/v1/messages"
-        req.content = json.dumps(t.body, ensure_ascii=False).encode()
+        req.content = json.dumps(t.body).encode()
         scratch(flow)["payload"] = t.body  # what the budget prices: the Anthropic request
         req.headers["content-type"] = "application/json"
         req.headers["accept-encoding"] = "identity"  # the stream is read and rewritten
@@ -72,6 +72,8 @@ class Gateway:
         resp = flow.response
         if m is None or not m.get("translated") or resp is None or resp.stream:
             return
+        if m.get("local_answer"):
+            return  # the router's own answer, already in OpenAI's shape
         raw = resp.get_content(strict=False) or b""
         if 200 <= resp.status_code < 300:
             try:

@@ -10,6 +10,7 @@ tokens than the reservation did.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
@@ -21,6 +22,8 @@ MICROS_PER_USD = 1_000_000
 
 def usd_to_micros(usd: float) -> int:
     """Dollars to micro-dollars, rounded down (a limit never grows by rounding)."""
+    if not isinstance(usd, (int, float)) or isinstance(usd, bool) or not math.isfinite(usd):
+        raise ValueError(f"a budget must be a finite number of USD, got {usd!r}")
     value = Decimal(str(usd)) * MICROS_PER_USD
     if value < 0:
         raise ValueError(f"a budget must not be negative, got {usd}")

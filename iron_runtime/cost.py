@@ -103,6 +103,16 @@ def requested_max_output(body: dict[str, Any]) -> int | None:
     return None
 
 
+def choices(body: dict[str, Any]) -> int:
+    """How many answers the request asks for (``n``, ``best_of``): each can use max_tokens."""
+    most = 1
+    for key in ("n", "best_of"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > most:
+            most = value
+    return most
+
+
 def summary_comment(model: str | None, usage: Usage | None, cost: int | None) -> str:
     """``claude-sonnet-4 · 1.2k→350 tok · $0.0089`` for mitmweb's flow list."""
 

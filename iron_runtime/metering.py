@@ -47,18 +47,31 @@ class UsageMeter:
         elif kind == "message_stop":
             self.complete = True
 
-    # OpenAI: the usage chunk (asked for with stream_options.include_usage) at the end.
+    # OpenAI: the usage chunk (asked for with stream_options.include_usage) at the end of
+    # chat completions; ``response.completed`` for the Responses API; ``choices[].text`` for
+    # legacy completions.
     def observe_openai(self, chunk: dict[str, Any]) -> None:
-        if chunk.get("usage"):
-            self.reported = usage_from(chunk)
+        kind = chunk.get("type")
+        if chunk.get("usage") or kind in ("response.completed", "response.incomplete"):
+            self.reported = usage_from(chunk) or self.reported
+            if kind is not None:
+                self.complete = True
+        texts: list[Any] = []
+        if isinstance(kind, str) and kind.endswith(".delta"):
+            texts.append(chunk.get("delta"))
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
-            texts = [delta.get("content"), delta.get("refusal"), delta.get("reasoning_content")]
+            texts += [
+                delta.get("content"),
+                delta.get("refusal"),
+                delta.get("reasoning_content"),
+                choice.get("text"),
+            ]
             for call in delta.get("tool_calls") or []:
                 texts.append((call.get("function") or {}).get("arguments"))
-            for text in texts:
-                if isinstance(text, str) and text:
-                    self.delivered += count_text(text, self.encoding)
+        for text in texts:
+            if isinstance(text, str) and text:
+                self.delivered += count_text(text, self.encoding)
 
     def charged(self, input_estimate: int) -> Usage:
         """What the request is charged: the provider's usage if the stream completed with

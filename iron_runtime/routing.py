@@ -77,6 +77,8 @@ def route(method: str, path: str, headers: Mapping[str, str], model: str | None)
     elif model is not None:
         by = "model"
         provider = Provider.ANTHROPIC if model.startswith("claude") else Provider.OPENAI
+    elif "anthropic-version" in headers or is_messages(rest):
+        provider, by = Provider.ANTHROPIC, "client"  # the Anthropic SDK, naming no model
     else:
         provider, by = Provider.OPENAI, "default"
     gateway = (

@@ -18,6 +18,7 @@ from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
+_mitmdumps: list[subprocess.Popen] = []
 
 
 def _healthy(port: int) -> bool:
@@ -70,9 +71,11 @@ def mitmdump(openai_emu, anthropic_emu, tmp_path):
             proc.kill()
             pytest.fail(f"mitmdump did not start: {proc.stdout.read()}")
         time.sleep(0.05)
+    _mitmdumps.append(proc)
     yield port, flows
     proc.terminate()
     proc.wait(10)
+    _mitmdumps.remove(proc)
 
 
 def test_mitmdump_serves_both_providers_and_never_stores_the_real_key(
@@ -137,3 +140,36 @@ def test_mitmdump_refuses_to_expose_the_default_token(tmp_path):
     )
     assert out.returncode != 0
     assert "Refusing to listen on 0.0.0.0 with the default token" in out.stdout + out.stderr
+
+
+def test_flow_in_flight_at_shutdown_is_dumped_without_the_key(mitmdump, openai_emu):
+    import threading
+
+    from iron_runtime.testing import Fault
+
+    port, flows = mitmdump
+    openai_emu.inject(Fault(delay=5))
+    oai = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{port}/v1", api_key="agent-token", max_retries=0, timeout=10
+    )
+    t = threading.Thread(target=lambda: _ignore(oai.models.list), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not openai_emu.requests and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert openai_emu.requests  # the request is upstream, waiting for its answer
+    proc = next(p for p in _mitmdumps if p.poll() is None)
+    proc.terminate()
+    proc.wait(10)
+    raw = flows.read_bytes()
+    assert openai_emu.api_key.encode() not in raw
+    with open(flows, "rb") as f:
+        stored = list(mitm_io.FlowReader(f).stream())
+    assert any(fl.request.path == "/v1/models" for fl in stored)
+
+
+def _ignore(call):
+    try:
+        call()
+    except Exception:
+        pass

@@ -63,8 +63,8 @@ def translate_request(
         body["system"] = "\n".join(system)
     if req.temperature is not None:
         body["temperature"] = min(req.temperature, tables.MAX_TEMPERATURE)
-    if req.top_p is not None:
-        body["top_p"] = req.top_p
+    if req.top_p is not None and req.temperature is None:
+        body["top_p"] = req.top_p  # current Claude models refuse temperature and top_p together
     stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
     stops = [s for s in stops if s.strip()]
     if stops:
@@ -88,6 +88,8 @@ def translate_request(
     dropped = sorted(
         k for k in payload if k not in tables.TRANSLATED_FIELDS and k not in tables.REFUSED_FIELDS
     )
+    if req.top_p is not None and req.temperature is not None:
+        dropped.append("top_p")
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     return Translation(body, bool(req.stream), include_usage, req.model, dropped)
 

@@ -384,6 +384,8 @@ def validate(body: dict[str, Any]) -> None:
         if not isinstance(seq, str) or not seq.strip():
             raise Invalid("stop_sequences: each stop sequence must contain non-whitespace")
     temperature = body.get("temperature")
+    if temperature is not None and body.get("top_p") is not None:
+        raise Invalid("`temperature` and `top_p` cannot both be specified for this model")
     if temperature is not None and not (0 <= temperature <= 1):
         raise Invalid("temperature: must be between 0 and 1")
     metadata = body.get("metadata")
