@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import time
+import weakref
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1
@@ -70,6 +71,7 @@ class Router:
         self.token = "direct"
         self.keys = ProviderKeys({})
         self.masked_keys: dict[str, str] = {}
+        self.carrying_keys: weakref.WeakSet = weakref.WeakSet()  # sent, not yet masked
         self.upstreams = {p: Upstream.parse(default_upstream(p)) for p in Provider}
         self.body_limit = DEFAULT_BODY_LIMIT
 
@@ -268,12 +270,20 @@ class Router:
             upstream_request_fields(req.headers.fields, r.provider, key, upstream.netloc)
         )
         m["upstream"] = upstream.url
+        self.carrying_keys.add(flow)
+
+    def done(self) -> None:
+        # Flows still in flight at shutdown carry the real key; mitmproxy's Save addon (-w)
+        # writes them out in its own done hook, which runs after this one.
+        for flow in list(self.carrying_keys):
+            self._mask(flow)
 
     def _mask(self, flow: http.HTTPFlow) -> None:
         masked = self.masked_keys.get(meta(flow).get("provider", ""))
         if masked:
             headers = flow.request.headers
             headers.fields = tuple(masked_fields(headers.fields, masked))
+        self.carrying_keys.discard(flow)
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -298,6 +308,7 @@ class Router:
         m["status"] = flow.response.status_code
         m["latency_ms"] = round((time.time() - m.get("started", time.time())) * 1000, 1)
 
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         m = flow.metadata.get("iron")
         if m is None:

@@ -148,24 +148,32 @@ def test_flow_in_flight_at_shutdown_is_dumped_without_the_key(mitmdump, openai_e
     from iron_runtime.testing import Fault
 
     port, flows = mitmdump
-    openai_emu.inject(Fault(delay=5))
-    oai = openai.OpenAI(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key="agent-token", max_retries=0, timeout=10
-    )
-    t = threading.Thread(target=lambda: _ignore(oai.models.list), daemon=True)
+    openai_emu.inject(Fault(delay=10))
+
+    def call():
+        httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            timeout=20,
+            headers={"authorization": "Bearer agent-token"},
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        )
+
+    t = threading.Thread(target=lambda: _ignore(call), daemon=True)
     t.start()
     deadline = time.monotonic() + 5
     while not openai_emu.requests and time.monotonic() < deadline:
         time.sleep(0.02)
     assert openai_emu.requests  # the request is upstream, waiting for its answer
+    time.sleep(0.5)
     proc = next(p for p in _mitmdumps if p.poll() is None)
-    proc.terminate()
+    proc.terminate()  # mitmdump -w writes the flows still in flight when it stops
     proc.wait(10)
-    raw = flows.read_bytes()
-    assert openai_emu.api_key.encode() not in raw
     with open(flows, "rb") as f:
         stored = list(mitm_io.FlowReader(f).stream())
-    assert any(fl.request.path == "/v1/models" for fl in stored)
+    in_flight = [fl for fl in stored if fl.request.path == "/v1/chat/completions"]
+    assert in_flight and in_flight[0].response is None
+    assert openai_emu.api_key.encode() not in flows.read_bytes()
+    assert in_flight[0].request.headers["authorization"].startswith("Bearer sk-…")
 
 
 def _ignore(call):
