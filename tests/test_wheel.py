@@ -57,3 +57,17 @@ def test_wheel_installs_into_a_fresh_venv_and_routes(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "Echo: from a wheel"
     assert (venv / "bin" / "iron-runtime").exists()
+
+
+def test_every_package_is_listed_for_the_wheel():
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "iron_runtime").rglob("__init__.py")
+    }
+    found.add("iron_runtime.addons")  # addons/ ships as iron_runtime.addons
+    assert found <= listed, f"missing from pyproject.toml packages: {sorted(found - listed)}"
