@@ -25,6 +25,7 @@ class Analytics:
         self.outbox: Outbox | None = None
         self.writer: OutboxWriter | None = None
         self.sync: SyncWorker | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -53,9 +54,22 @@ class Analytics:
                 raise exceptions.OptionsError(
                     f"iron_state_dir: cannot open the analytics outbox in {folder}: {e}"
                 ) from None
-            self.writer = OutboxWriter(self.outbox)
+            self.writer = OutboxWriter(self.outbox, on_commit=self._committed)
+
+    def _committed(self, callbacks: list) -> None:
+        """From the writer thread: resolve a committed batch on the event loop, at once."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+
+        def resolve() -> None:
+            for done in callbacks:
+                done()
+
+        loop.call_soon_threadsafe(resolve)
 
     def running(self) -> None:
+        self.loop = asyncio.get_running_loop()
         if ctx.options.iron_server_url and self.outbox is not None:
             self.sync = SyncWorker(
                 self.outbox,
@@ -82,13 +96,8 @@ class Analytics:
         event = self._event(flow)
         if event is None or self.writer is None:
             return None
-        loop = asyncio.get_running_loop()
-        committed = loop.create_future()
-
-        def done() -> None:
-            loop.call_soon_threadsafe(lambda: committed.done() or committed.set_result(None))
-
-        self.writer.submit(event, done)
+        committed = asyncio.get_running_loop().create_future()
+        self.writer.submit(event, lambda: committed.done() or committed.set_result(None))
         return committed  # the response completes once its event is on disk
 
     def error(self, flow: http.HTTPFlow) -> None:
