@@ -72,6 +72,7 @@ class Budget:
     def __init__(self) -> None:
         self.ledger = Ledger(None)
         self.warned: set[str] = set()
+        self.refused = 0  # requests refused for the budget (402)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -167,6 +168,7 @@ class Budget:
                 amount, f"{input_tokens} input + {max_out} output tokens of {model}"
             )
         except errors.RouterError as e:
+            self.refused += 1
             return answer_error(flow, e)
         s = scratch(flow)
         s["reservation"], s["price"], s["input_estimate"] = reservation, price, input_tokens
@@ -289,7 +291,12 @@ class Budget:
 
     def status(self) -> dict:
         spent, reserved, limit = self.ledger.status()
-        return {"spent_micros": spent, "reserved_micros": reserved, "limit_micros": limit}
+        return {
+            "spent_micros": spent,
+            "reserved_micros": reserved,
+            "limit_micros": limit,
+            "refused": self.refused,
+        }
 
     def set_limit_usd(self, value: float | None) -> None:
         self.ledger.set_limit(None if value is None else usd_to_micros(value))

@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="keyless tour against local emulators")
     p.set_defaults(func=demo)
+    from .commands import add_commands
+
+    add_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
