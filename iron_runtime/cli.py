@@ -20,22 +20,29 @@ def demo(args: argparse.Namespace) -> int:
     import openai
 
     from . import LlmRouter
-    from .testing import AnthropicEmulator, OpenAIEmulator
+    from .testing import AnthropicEmulator, ControlServerEmulator, OpenAIEmulator
 
     _say("iron-runtime demo: no keys needed; OpenAI and Anthropic are emulated on 127.0.0.1.\n")
     with (
         OpenAIEmulator() as oai,
         AnthropicEmulator() as ant,
+        ControlServerEmulator() as control,
         tempfile.TemporaryDirectory(prefix="iron-demo-") as state,
     ):
+        control.add_agent("ic_demo_agent", "openai", oai.api_key, budget_micros=2_000_000)
         _say(f"  OpenAI emulator     {oai.url}   (real key {mask_secret(oai.api_key)})")
         _say(f"  Anthropic emulator  {ant.url}   (real key {mask_secret(ant.api_key)})")
+        _say(f"  Iron Cage server    {control.url}   (agent ic_demo_agent, budget $2.00)")
         t0 = time.perf_counter()
-        with LlmRouter(
+        router = LlmRouter(
+            api_key="ic_demo_agent",
+            server_url=control.url,
             provider_keys={"openai": oai.api_key, "anthropic": ant.api_key},
             upstreams={"openai": oai.url, "anthropic": ant.url},
             state_dir=state,
-        ) as router:
+            sync_interval=0.5,
+        )
+        with router:
             _say(
                 f"  Router              {router.base_url}   "
                 f"(started in {time.perf_counter() - t0:.2f} s, agent token "
@@ -144,7 +151,27 @@ def demo(args: argparse.Namespace) -> int:
                 f"{len(ant.requests[-1].json()['tools'])} tool\n"
             )
 
-            _say("6. A wrong token is refused before anything leaves the machine")
+            _say("6. The budget: a lease of the agent's $2.00 from the Iron Cage server")
+            deadline = time.monotonic() + 10
+            while router.budget is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _say(
+                f"   lease granted: ${router.budget:.2f}; spent so far "
+                f"${router.total_spent():.6f} (every token priced)"
+            )
+            try:
+                client.chat.completions.create(
+                    model="gpt-4o",
+                    max_tokens=500_000,
+                    messages=[{"role": "user", "content": "write a very long essay"}],
+                )
+                _say("   unexpected: the request went through")
+                return 1
+            except openai.APIStatusError as e:
+                _say(f"   refused before it left: {e.status_code} {e.code}")
+                _say(f"   {(e.body or {}).get('message', e.message)}\n")
+
+            _say("7. A wrong token is refused before anything leaves the machine")
             try:
                 openai.OpenAI(
                     base_url=router.base_url, api_key="not-the-token", max_retries=0
@@ -154,7 +181,22 @@ def demo(args: argparse.Namespace) -> int:
                 _say("   unexpected: the request went through")
                 return 1
             except openai.AuthenticationError as e:
-                _say(f"   openai.AuthenticationError: {e.status_code}")
+                _say(f"   openai.AuthenticationError: {e.status_code}\n")
+
+            _say("8. Analytics: one event per request, synced to the Iron Cage server")
+            deadline = time.monotonic() + 10
+            while len(control.events) < 7 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            kinds = [
+                e["event_type"].removeprefix("llm_request_")
+                for e in sorted(control.events.values(), key=lambda e: e["timestamp_ms"])
+            ]
+            _say(f"   the server has {len(kinds)} events: {', '.join(kinds)}")
+        (lease,) = control.leases.values()
+        _say(
+            f"   on stop the lease went back: ${lease.granted / 1e6:.2f} granted, "
+            f"${lease.returned_spent / 1e6:.6f} spent"
+        )
         _say("\nDone: router stopped, no process left behind.")
     return 0
 

@@ -43,19 +43,26 @@ SPENDER = textwrap.dedent("""
 
 
 def env_for(openai_emu, anthropic_emu, state):
-    return {**os.environ, "OPENAI_API_KEY": openai_emu.api_key,
-            "ANTHROPIC_API_KEY": anthropic_emu.api_key,
-            "IRON_OPENAI_BASE_URL": openai_emu.url, "IRON_ANTHROPIC_BASE_URL": anthropic_emu.url,
-            "IRON_STATE_DIR": str(state)}
+    return {
+        **os.environ,
+        "OPENAI_API_KEY": openai_emu.api_key,
+        "ANTHROPIC_API_KEY": anthropic_emu.api_key,
+        "IRON_OPENAI_BASE_URL": openai_emu.url,
+        "IRON_ANTHROPIC_BASE_URL": anthropic_emu.url,
+        "IRON_STATE_DIR": str(state),
+    }
 
 
-def test_run_passes_the_exit_code_and_prints_a_spend_summary(openai_emu, anthropic_emu,
-                                                             tmp_path):
+def test_run_passes_the_exit_code_and_prints_a_spend_summary(openai_emu, anthropic_emu, tmp_path):
     agent = tmp_path / "agent.py"
     agent.write_text(AGENT)
-    out = subprocess.run([*CLI, "run", "--", sys.executable, str(agent), openai_emu.api_key],
-                         env=env_for(openai_emu, anthropic_emu, tmp_path), capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [*CLI, "run", "--", sys.executable, str(agent), openai_emu.api_key],
+        env=env_for(openai_emu, anthropic_emu, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 3, out.stderr
     assert out.stdout.splitlines() == ["Echo: agent says hi", "Echo: agent says hi"]
     assert "agent exited with 3" in out.stderr
@@ -69,19 +76,26 @@ def test_run_stops_the_agent_when_the_budget_is_spent(openai_emu, anthropic_emu,
     agent.write_text(SPENDER)
     openai_emu.reply_text = "word " * 2000
     t0 = time.monotonic()
-    out = subprocess.run([*CLI, "run", "--budget", "0.05", "--stop-on-budget", "--",
-                          sys.executable, str(agent)],
-                         env=env_for(openai_emu, anthropic_emu, tmp_path), capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [*CLI, "run", "--budget", "0.05", "--stop-on-budget", "--", sys.executable, str(agent)],
+        env=env_for(openai_emu, anthropic_emu, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert time.monotonic() - t0 < 60
     assert "stopped: budget spent" in out.stderr
     assert out.returncode == 128 + signal.SIGTERM
 
 
 def test_serve_until_a_signal_then_stats(openai_emu, anthropic_emu, tmp_path):
-    proc = subprocess.Popen([*CLI, "serve", "--token", "serve-token"],
-                            env=env_for(openai_emu, anthropic_emu, tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--token", "serve-token"],
+        env=env_for(openai_emu, anthropic_emu, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         assert "listening on http://127.0.0.1:" in first, proc.stderr.read()
@@ -90,8 +104,9 @@ def test_serve_until_a_signal_then_stats(openai_emu, anthropic_emu, tmp_path):
         assert f"export OPENAI_BASE_URL={base_url}" in exports
         assert "export OPENAI_API_KEY=serve-token" in exports
         client = openai.OpenAI(base_url=base_url, api_key="serve-token", max_retries=0)
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user",
-                                                                  "content": "served"}])
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "served"}]
+        )
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=30)
     finally:
@@ -100,27 +115,41 @@ def test_serve_until_a_signal_then_stats(openai_emu, anthropic_emu, tmp_path):
     assert proc.returncode == 0, err
     assert "stopped." in rest and "gpt-4o" in rest
 
-    out = subprocess.run([*CLI, "stats", "--state-dir", str(tmp_path), "--json"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*CLI, "stats", "--state-dir", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     data = json.loads(out.stdout)
     assert data["totals"]["requests"] == 1 and data["totals"]["cost_micros"] > 0
     assert data["by_model"]["gpt-4o"]["requests"] == 1
-    table = subprocess.run([*CLI, "stats", "--state-dir", str(tmp_path)], capture_output=True,
-                           text=True, timeout=60).stdout
+    table = subprocess.run(
+        [*CLI, "stats", "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    ).stdout
     assert "gpt-4o" in table and "recent requests" in table
 
 
 def test_stats_without_data_says_so(tmp_path):
-    out = subprocess.run([*CLI, "stats", "--state-dir", str(tmp_path / "none")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*CLI, "stats", "--state-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "no analytics" in out.stderr
 
 
 def test_demo_completes_within_a_minute(tmp_path):
     t0 = time.monotonic()
-    out = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "IRON_STATE_DIR": str(tmp_path)},
-                         cwd=Path(tmp_path))
+    out = subprocess.run(
+        [*CLI, "demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "IRON_STATE_DIR": str(tmp_path)},
+        cwd=Path(tmp_path),
+    )
     assert out.returncode == 0, out.stderr
     assert time.monotonic() - t0 < 60
     assert "tool call #0: get_weather" in out.stdout

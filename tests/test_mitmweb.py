@@ -1,0 +1,98 @@
+"""mitmweb with the iron addons: each flow shows its cost and tokens, never the real key.
+
+Checked through mitmweb's own flow API (``GET /flows``, what its web page renders)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from .conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MITMWEB = Path(sys.executable).parent / "mitmweb"
+
+
+@pytest.fixture
+def mitmweb(openai_emu, anthropic_emu, tmp_path):
+    port, web_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [
+            str(MITMWEB),
+            "-s",
+            str(ROOT / "addons" / "iron.py"),
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--web-host",
+            "127.0.0.1",
+            "--web-port",
+            str(web_port),
+            "--set",
+            "web_open_browser=false",
+            "--set",
+            "web_password=web-secret",
+            "--set",
+            f"confdir={tmp_path / 'certs'}",
+            "--set",
+            "iron_openai_key=env:EMU_OPENAI_KEY",
+            "--set",
+            f"iron_openai_upstream={openai_emu.url}",
+            "--set",
+            f"iron_anthropic_upstream={anthropic_emu.url}",
+        ],
+        env={**os.environ, "EMU_OPENAI_KEY": openai_emu.api_key},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).text == "LlmRouter OK":
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mitmweb did not start: {proc.stdout.read()}")
+        time.sleep(0.1)
+    yield port, web_port
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_mitmweb_shows_cost_and_tokens_and_never_the_key(mitmweb, openai_emu):
+    port, web_port = mitmweb
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="direct", max_retries=0)
+    client.chat.completions.create(
+        model="gpt-4o", max_tokens=20, messages=[{"role": "user", "content": "show me in mitmweb"}]
+    )
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{web_port}", headers={"authorization": "Bearer web-secret"}
+    )
+    assert api.get("/flows", headers={"authorization": "Bearer wrong"}).status_code == 403
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        flows = [
+            f for f in api.get("/flows").json() if f["request"]["path"] == "/v1/chat/completions"
+        ]
+        if flows and flows[0].get("response"):
+            break
+        time.sleep(0.1)
+    (flow,) = flows
+    assert flow["comment"].startswith("gpt-4o · ")
+    assert "→" in flow["comment"] and "tok" in flow["comment"] and "$0.0" in flow["comment"]
+    headers = dict(flow["request"]["headers"])
+    assert headers["authorization"].startswith("Bearer sk-…")
+    everything = api.get("/flows").text + api.get("/options").text
+    assert openai_emu.api_key not in everything
