@@ -256,28 +256,3 @@ class ControlServerEmulator(Emulator):
             return Reply(200, {"event_id": event_id, "status": "duplicate"})
         self.events[event_id] = body
         return Reply(202, {"event_id": event_id, "status": "accepted"})
-
-    # -- faults --------------------------------------------------------------------------
-
-    def go_down(self) -> None:
-        """Stop answering: close the listening socket and every connection."""
-        loop = self._loop
-        if loop is None:
-            return
-
-        async def close() -> None:
-            if self._server:
-                self._server.close()
-            for w in list(self._writers):
-                w.transport.abort()
-
-        import asyncio
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(5)
-
-    def come_up(self) -> None:
-        """Listen again, on the same port."""
-        import asyncio
-
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(5)

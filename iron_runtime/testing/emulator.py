@@ -133,7 +133,9 @@ class Emulator:
         async with self._server:
             await self._server.serve_forever()
 
-    def stop(self) -> None:
+    def go_down(self) -> None:
+        """Stop answering, as a crashed service would: close the listening socket and drop
+        every open connection (``come_up`` listens again on the same port)."""
         loop = self._loop
         if loop is None:
             return
@@ -142,9 +144,20 @@ class Emulator:
             if self._server:
                 self._server.close()
             for w in list(self._writers):
-                w.close()
+                w.transport.abort()
 
         asyncio.run_coroutine_threadsafe(close(), loop).result(5)
+
+    def come_up(self) -> None:
+        """Listen again, on the same port."""
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(5)
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        self.go_down()
         loop.call_soon_threadsafe(loop.stop)
         if self._thread:
             self._thread.join(5)
