@@ -39,7 +39,7 @@ class Analytics:
         loader.add_option(
             "iron_flush_deadline",
             float,
-            5.0,
+            3.0,
             "Seconds allowed to send pending analytics when stopping.",
         )
 

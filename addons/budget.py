@@ -169,6 +169,9 @@ class Budget:
             )
         except errors.RouterError as e:
             self.refused += 1
+            ctl = control()
+            if ctl is not None:
+                ctl.need_more()  # a lease may be refreshed; the next request can then pass
             return answer_error(flow, e)
         s = scratch(flow)
         s["reservation"], s["price"], s["input_estimate"] = reservation, price, input_tokens
@@ -241,7 +244,17 @@ class Budget:
                 # the provider had the request and may well bill it in full: charge the worst
                 # case rather than nothing (connection failures before that cost nothing)
                 self.ledger.settle(reservation, reservation.amount)
-                meta(flow).update(cost_micros=reservation.amount, cost_estimated=True)
+                m = meta(flow)
+                m.update(cost_micros=reservation.amount, cost_estimated=True)
+                ctl = control()
+                if ctl is not None:
+                    ctl.settled(
+                        m.get("request_id", ""),
+                        0,
+                        reservation.amount,
+                        m.get("upstream_model") or m.get("model") or "",
+                        m.get("provider", ""),
+                    )
         except Exception:
             logger.exception("iron_runtime: settling a failed request failed")
         finally:
@@ -299,7 +312,14 @@ class Budget:
         }
 
     def set_limit_usd(self, value: float | None) -> None:
-        self.ledger.set_limit(None if value is None else usd_to_micros(value))
+        """A new limit; under a server lease it cannot exceed what the lease granted (the
+        server, not the router, decides how much an agent may spend)."""
+        limit = None if value is None else usd_to_micros(value)
+        ctl = control()
+        granted = ctl.granted() if ctl is not None else None
+        if granted is not None:
+            limit = granted if limit is None else min(limit, granted)
+        self.ledger.set_limit(limit)
 
 
 def _load_vocabularies() -> None:

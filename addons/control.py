@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 
 from mitmproxy import ctx, exceptions
 
@@ -34,6 +33,7 @@ class Control:
         self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._refreshing = False
+        self._worker: threading.Thread | None = None
 
     def load(self, loader) -> None:
         loader.add_option("iron_server_url", str, "", "Iron Cage control server URL.")
@@ -77,7 +77,8 @@ class Control:
         if ctx.options.iron_lease:
             self.leases = LeaseClient(self.server)
             self.lease_error = "The budget lease has not been granted yet."
-        threading.Thread(target=self._work, name="iron-control", daemon=True).start()
+        self._worker = threading.Thread(target=self._work, name="iron-control", daemon=True)
+        self._worker.start()
 
     # -- the worker: handshake with back-off, then reports and refreshes -----------------
 
@@ -92,8 +93,8 @@ class Control:
                 self.lease_error = None
                 self._budget().ledger.set_limit(lease.granted)
                 logger.info("iron_runtime: budget lease %s granted", lease.lease_id)
-            except RouterError as e:
-                self.lease_error = e.message
+            except Exception as e:  # an unreadable answer must not end the retries
+                self.lease_error = e.message if isinstance(e, RouterError) else repr(e)
                 if self._stop.wait(delay):
                     return
                 delay = min(delay * 2, 30.0)
@@ -111,6 +112,17 @@ class Control:
 
     def _budget(self):
         return ctx.master.addons.get("budget")
+
+    def granted(self) -> int | None:
+        """µ$ the current lease granted (refreshes included), or None without a lease."""
+        lease = self.leases.lease if self.leases is not None else None
+        return lease.granted if lease is not None else None
+
+    def need_more(self) -> None:
+        """A request did not fit: ask the server for more, once at a time."""
+        if self.leases is not None and self.leases.lease is not None and not self._refreshing:
+            self._refreshing = True
+            self._jobs.put(self._refresh)
 
     def settled(self, request_id: str, tokens: int, cost: int, model: str, provider: str) -> None:
         """Called by the budget after each settled request."""
@@ -135,13 +147,12 @@ class Control:
 
     def done(self) -> None:
         self._stop.set()
+        if self._worker is not None:
+            self._worker.join(2)  # a handshake in flight: its lease must be returned too
+        if self.server is not None:
+            self.server.timeout = 2  # stopping must not hang on a slow server
         if self.leases is not None and self.leases.lease is not None:
-            deadline = time.monotonic() + 5
-            while not self._jobs.empty() and time.monotonic() < deadline:  # pending reports
-                try:
-                    self._jobs.get_nowait()()
-                except Exception:
-                    break
+            # pending reports are dropped: the return below carries the total spent
             spent = self._budget().ledger.status()[0]
             try:
                 returned = self.leases.give_back(spent)

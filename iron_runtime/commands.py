@@ -170,8 +170,12 @@ def run(args: argparse.Namespace) -> int:
     import secrets as _secrets
 
     router = start_router(args, default_token=f"ic_run_{_secrets.token_urlsafe(12)}")
+    # The agent gets the router, not the keys: no real key, no IP_TOKEN_KEY, no IRON_* setting.
+    hidden = {"IP_TOKEN_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith("IRON_") or k in ("IRON_LOG_LEVEL",)
+        k: v
+        for k, v in os.environ.items()
+        if k not in hidden and (not k.startswith("IRON_") or k == "IRON_LOG_LEVEL")
     }
     env.update(agent_environment(router))
     reason = None
@@ -190,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, forward)
         while agent.poll() is None:
             time.sleep(0.2)
+            if not router.is_running:
+                reason = "the router process ended"
+                agent.terminate()
+                break
             if args.stop_on_budget and router.budget is not None:
                 status = router._admin("GET", "status")["budget"]
                 if status["refused"]:
@@ -200,7 +208,10 @@ def run(args: argparse.Namespace) -> int:
                     except subprocess.TimeoutExpired:
                         agent.kill()
         code = agent.wait()
-        stats = router.stats()
+        try:
+            stats = router.stats()
+        except Exception:  # the router is gone: the agent's exit code still matters
+            stats = {}
     finally:
         router.stop()
     if code < 0:

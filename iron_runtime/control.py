@@ -10,7 +10,6 @@ import asyncio
 import base64
 import binascii
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,16 +36,16 @@ class ControlServer:
         self.ic_token = ic_token
         self.timeout = timeout
         self.session = requests.Session()
-        self._lock = threading.Lock()  # requests.Session is not thread-safe to share
 
     def post(
         self, path: str, body: dict[str, Any], auth: bool = False, timeout: float | None = None
     ) -> requests.Response:
         headers = {"authorization": f"Bearer {self.ic_token}"} if auth else {}
-        with self._lock:
-            return self.session.post(
-                self.url + path, json=body, headers=headers, timeout=timeout or self.timeout
-            )
+        # requests' connection pool is thread-safe: a slow call on the worker thread must not
+        # hold up the lease return at shutdown
+        return self.session.post(
+            self.url + path, json=body, headers=headers, timeout=timeout or self.timeout
+        )
 
     def close(self) -> None:
         self.session.close()
@@ -218,8 +217,14 @@ class LeaseClient:
         if requested:
             body["requested_budget"] = requested
         data = self._json("/api/v1/budget/handshake", body, auth=True)
-        self.lease = LeaseState(str(data["lease_id"]), int(data["budget_granted"]))
-        return self.lease
+        try:
+            lease = LeaseState(str(data["lease_id"]), int(data["budget_granted"]))
+        except (KeyError, TypeError, ValueError):
+            raise LeaseError(
+                f"The Iron Cage server's handshake answer has no usable lease: {str(data)[:200]}"
+            ) from None
+        self.lease = lease
+        return lease
 
     def report(self, request_id: str, tokens: int, cost: int, model: str, provider: str) -> None:
         assert self.lease is not None

@@ -331,3 +331,72 @@ def test_router_killed_mid_run_loses_no_event(control, openai_emu, anthropic_emu
         assert wait_for(lambda: len(control.events) == 7)
     finally:
         r2.stop()
+
+
+# -- regressions from review ---------------------------------------------------------------
+
+
+def test_set_budget_cannot_raise_a_lease(control, openai_emu, anthropic_emu, tmp_path):
+    control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)
+    control.default_grant = 100_000
+    with server_router(control, openai_emu, anthropic_emu, state_dir=tmp_path) as r:
+        assert wait_for(lambda: r.budget is not None)
+        r.set_budget(5.0)
+        assert r.budget == 0.1  # the server's grant is the ceiling
+        r.set_budget(None)
+        assert r.budget == 0.1
+        r.set_budget(0.05)
+        assert r.budget == 0.05
+
+
+def test_a_refusal_asks_the_server_for_more(control, openai_emu, anthropic_emu, tmp_path):
+    control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 1_000_000)
+    control.default_grant = 100_000
+    openai_emu.reply_text = "word " * 3000
+    with server_router(control, openai_emu, anthropic_emu, state_dir=tmp_path) as r:
+        assert wait_for(lambda: r.budget is not None)
+        c = client(r)
+        refused = False
+        for _ in range(10):
+            try:
+                c.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=2000)
+            except openai.APIStatusError as e:
+                assert e.status_code == 402
+                refused = True
+                break
+        assert refused
+        assert wait_for(lambda: r.budget > 0.1)  # refreshed after the refusal
+        assert c.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=2000)
+
+
+def test_an_unreadable_handshake_answer_is_retried(control, openai_emu, anthropic_emu, tmp_path):
+    control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)
+    control.inject(Fault(status=200, body={"unexpected": True}))
+    r = LlmRouter(
+        api_key="ic_agent_1",
+        server_url=control.url,
+        provider_key=openai_emu.api_key,
+        upstreams={"openai": openai_emu.url},
+        state_dir=tmp_path,
+    )
+    try:
+        assert wait_for(lambda: r.budget is not None)
+        assert (
+            client(r).chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=5).choices
+        )
+    finally:
+        r.stop()
+
+
+def test_stop_is_bounded_when_the_server_is_slow(control, openai_emu, anthropic_emu, tmp_path):
+    control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)
+    r = server_router(control, openai_emu, anthropic_emu, state_dir=tmp_path)
+    assert wait_for(lambda: r.budget is not None)
+    control.inject(*[Fault(delay=30) for _ in range(50)])  # every call now hangs
+    for _ in range(3):
+        client(r).chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=5)
+    proc = r._proc
+    t0 = time.monotonic()
+    r.stop()
+    assert time.monotonic() - t0 < 10
+    assert proc.returncode == 0  # it stopped by itself, not killed

@@ -65,7 +65,10 @@ class SyncWorker:
 
     def sync_once(self, deadline: float | None = None) -> bool:
         """Send what is pending; True when nothing is left pending."""
-        with self._lock:
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            return False  # another pass is still running (a slow server): leave it pending
+        try:
             while True:
                 batch = self.outbox.pending(100)
                 if not batch:
@@ -73,8 +76,12 @@ class SyncWorker:
                 for event in batch:
                     if deadline is not None and time.monotonic() > deadline:
                         return False
+                    if deadline is None and self._stop.is_set():
+                        return False  # stopping: the final pass (with a deadline) takes over
                     if not self._send(event):
                         return False
+        finally:
+            self._lock.release()
 
     def _send(self, event) -> bool:
         """False when the server is unreachable or failing (stop this pass)."""
@@ -110,11 +117,12 @@ class SyncWorker:
     def stop(self, flush_deadline: float = 5.0) -> bool:
         """Stop the worker after a last pass bounded by ``flush_deadline`` seconds; True when
         everything was sent (what is left stays in the outbox for the next router)."""
+        end = time.monotonic() + flush_deadline
+        self.timeout = max(0.5, min(self.timeout, flush_deadline / 2))
         self._stop.set()
         self._wake.set()
-        self._thread.join(flush_deadline)
+        self._thread.join(max(0.0, end - time.monotonic()))
         self.failures = 0
-        self.timeout = max(0.5, min(self.timeout, flush_deadline / 2))
-        done = self.sync_once(deadline=time.monotonic() + flush_deadline)
+        done = self.sync_once(deadline=end) if time.monotonic() < end else False
         self.session.close()
         return done
