@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from iron_runtime.analytics import LlmRequestCompleted, LlmRequestFailed, Outbox, SyncWorker
+from iron_runtime.analytics import LlmRequestFailed, Outbox, SyncWorker
+from iron_runtime.analytics.events import error_message_of, event_for
 from iron_runtime.analytics.outbox import OutboxWriter
 from iron_runtime.launcher import default_state_dir
 
@@ -125,60 +125,14 @@ class Analytics:
 
 
 def build_event(flow: http.HTTPFlow, m: dict):
-    provider = m.get("provider") or "unknown"
-    started = m.get("started") or time.time()
-    common = {
-        "provider": provider,
-        "model": str(m.get("model") or ""),
-        "request_id": m.get("request_id"),
-        "latency_ms": round((time.time() - started) * 1000, 1),
-        "ttft_ms": m.get("ttft_ms"),
-        "stream": bool(m.get("stream")),
-    }
+    """The flow's facts, handed to the core's ``event_for``."""
     resp = flow.response
-    error = m.get("error")
-    cost = int(m.get("cost_micros") or 0)
-    if (
-        resp is not None
-        and 200 <= resp.status_code < 300
-        and not flow.error
-        and not (error and m.get("stream_complete") is False)
-    ):
-        usage = m.get("usage") or {}
-        return LlmRequestCompleted(
-            **common,
-            input_tokens=usage.get("input", 0)
-            + usage.get("cache_read", 0)
-            + usage.get("cache_write", 0),
-            output_tokens=usage.get("output", 0),
-            cached_tokens=usage.get("cache_read", 0),
-            cost_micros=cost,
-            cost_known=m.get("cost_known", True) is not False,
-        )
-    if flow.error is not None:
-        code, message = "connection_error", flow.error.msg
-    elif isinstance(error, dict) and error.get("code"):
-        code, message = str(error["code"]), str(error.get("message", ""))
-    else:
-        code = str(resp.status_code) if resp is not None else "unknown"
-        message = _upstream_message(resp)
-    return LlmRequestFailed(
-        **common,
-        error_code=code,
-        error_message=message[:500],
+    upstream_message = ""
+    if resp is not None and not resp.stream and not m.get("local_answer"):
+        upstream_message = error_message_of(resp.get_content(strict=False) or b"")
+    return event_for(
+        m,
         status=resp.status_code if resp is not None else None,
-        cost_micros=cost,
+        connection_error=flow.error.msg if flow.error is not None else None,
+        upstream_message=upstream_message,
     )
-
-
-def _upstream_message(resp) -> str:
-    if resp is None or resp.stream:
-        return ""
-    try:
-        import json
-
-        body = json.loads(resp.get_content(strict=False) or b"{}")
-        err = body.get("error")
-        return str(err.get("message", "")) if isinstance(err, dict) else str(err or "")
-    except (ValueError, AttributeError):
-        return ""

@@ -382,3 +382,54 @@ def test_price_check_script_passes_on_the_builtin_table_and_catches_bad_rows(tmp
     out = subprocess.run([sys.executable, str(script), str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
     assert "input_cost_per_token" in out.stdout and "max_output_tokens" in out.stdout
+
+
+# -- analytics events ------------------------------------------------------------------------
+
+
+def test_event_for_a_completed_request_counts_every_input_token_once():
+    from iron_runtime.analytics.events import event_for
+
+    facts = {
+        "provider": "anthropic",
+        "model": "claude-haiku-4-5",
+        "request_id": "r1",
+        "usage": {"input": 10, "output": 5, "cache_read": 100, "cache_write": 20},
+        "cost_micros": 77,
+        "stream": True,
+        "ttft_ms": 3.5,
+    }
+    e = event_for(facts, status=200)
+    assert e.event_type == "llm_request_completed"
+    assert (e.input_tokens, e.output_tokens, e.cached_tokens, e.cost_micros) == (130, 5, 100, 77)
+    assert e.wire("ic_tok")["ic_token"] == "ic_tok" and e.wire("ic_tok")["stream"] is True
+
+
+@pytest.mark.parametrize(
+    "facts, status, conn, upstream, code",
+    [
+        (
+            {"error": {"code": "insufficient_budget", "message": "m"}},
+            402,
+            None,
+            "",
+            "insufficient_budget",
+        ),
+        ({}, 429, None, "slow down", "429"),
+        ({}, None, "client disconnected", "", "connection_error"),
+        ({"error": {"message": "cut"}, "stream_complete": False}, 200, None, "", "stream_error"),
+    ],
+)
+def test_event_for_failures(facts, status, conn, upstream, code):
+    from iron_runtime.analytics.events import event_for
+
+    e = event_for({"provider": "openai", "model": "gpt-4o", **facts}, status, conn, upstream)
+    assert e.event_type == "llm_request_failed" and e.error_code == code
+
+
+def test_error_message_of_both_shapes():
+    from iron_runtime.analytics.events import error_message_of
+
+    assert error_message_of(b'{"error": {"message": "bad"}}') == "bad"
+    assert error_message_of(b'{"type": "error", "error": {"type": "x", "message": "m"}}') == "m"
+    assert error_message_of(b"<html>") == ""

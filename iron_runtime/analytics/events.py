@@ -8,9 +8,10 @@ The IC token is added only when an event is sent, never stored.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -55,3 +56,59 @@ class LlmRequestFailed(_EventBase):
 
 Event = Annotated[LlmRequestCompleted | LlmRequestFailed, Field(discriminator="event_type")]
 EVENT = TypeAdapter(Event)
+
+
+def event_for(
+    facts: dict[str, Any],
+    status: int | None,
+    connection_error: str | None = None,
+    upstream_message: str = "",
+) -> LlmRequestCompleted | LlmRequestFailed:
+    """The event of one request, from the router's facts about it (``flow.metadata["iron"]``):
+    completed for a 2xx answer that ended well, failed otherwise (a local refusal, a
+    provider's error, a broken connection or stream)."""
+    started = facts.get("started") or time.time()
+    common: dict[str, Any] = {
+        "provider": facts.get("provider") or "unknown",
+        "model": str(facts.get("model") or ""),
+        "request_id": facts.get("request_id"),
+        "latency_ms": round((time.time() - started) * 1000, 1),
+        "ttft_ms": facts.get("ttft_ms"),
+        "stream": bool(facts.get("stream")),
+    }
+    error = facts.get("error")
+    cost = int(facts.get("cost_micros") or 0)
+    broken_stream = bool(error) and facts.get("stream_complete") is False
+    if status is not None and 200 <= status < 300 and not connection_error and not broken_stream:
+        usage = facts.get("usage") or {}
+        cache_read = usage.get("cache_read", 0)
+        return LlmRequestCompleted(
+            **common,
+            input_tokens=usage.get("input", 0) + cache_read + usage.get("cache_write", 0),
+            output_tokens=usage.get("output", 0),
+            cached_tokens=cache_read,
+            cost_micros=cost,
+            cost_known=facts.get("cost_known", True) is not False,
+        )
+    if connection_error is not None:
+        code, message = "connection_error", connection_error
+    elif isinstance(error, dict) and (error.get("code") or broken_stream):
+        code = str(error.get("code") or "stream_error")
+        message = str(error.get("message", ""))
+    else:
+        code = str(status) if status is not None else "unknown"
+        message = upstream_message
+    return LlmRequestFailed(
+        **common, error_code=code, error_message=message[:500], status=status, cost_micros=cost
+    )
+
+
+def error_message_of(body: bytes) -> str:
+    """The message of a provider's JSON error body (either provider's shape), or ""."""
+    try:
+        err = json.loads(body or b"{}").get("error")
+    except (ValueError, AttributeError):
+        return ""
+    if isinstance(err, dict):
+        return str(err.get("message", ""))
+    return str(err or "")
