@@ -74,3 +74,23 @@ def port_is_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until_serving(proc, port: int, what: str, timeout: float = 30.0) -> None:
+    """Wait until a mitmproxy tool started with the iron addons answers the health check
+    (scripts load just after the port opens); fail with its output if it dies or hangs."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).text == "LlmRouter OK":
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{what} did not start: {proc.stdout.read()}")
+        time.sleep(0.05)

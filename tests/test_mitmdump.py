@@ -14,19 +14,11 @@ import openai
 import pytest
 from mitmproxy import io as mitm_io
 
-from .conftest import free_port
+from .conftest import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 _mitmdumps: list[subprocess.Popen] = []
-
-
-def _healthy(port: int) -> bool:
-    """The addons answer (mitmdump loads scripts just after it starts listening)."""
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).text == "LlmRouter OK"
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture
@@ -65,12 +57,7 @@ def mitmdump(openai_emu, anthropic_emu, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while not _healthy(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mitmdump did not start: {proc.stdout.read()}")
-        time.sleep(0.05)
+    wait_until_serving(proc, port, "mitmdump")
     _mitmdumps.append(proc)
     yield port, flows
     proc.terminate()

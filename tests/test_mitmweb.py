@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import free_port
+from .conftest import free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 MITMWEB = Path(sys.executable).parent / "mitmweb"
@@ -55,17 +55,7 @@ def mitmweb(openai_emu, anthropic_emu, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).text == "LlmRouter OK":
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mitmweb did not start: {proc.stdout.read()}")
-        time.sleep(0.1)
+    wait_until_serving(proc, port, "mitmweb")
     yield port, web_port
     proc.terminate()
     proc.wait(10)
