@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import logging
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -14,15 +12,12 @@ from mitmproxy import http
 
 from iron_runtime import errors
 from iron_runtime.errors import ApiShape, RouterError
-from iron_runtime.headers import REQUEST_ID
+from iron_runtime.headers import CLIENT_CREDENTIALS, REQUEST_ID
+from iron_runtime.keys import mask_secret
 
 logger = logging.getLogger("iron_runtime")
 
 META = "iron"
-
-_REQUEST_PREFIX = secrets.token_hex(6)
-_request_counter = itertools.count(1)
-
 
 # Per-flow objects that must not go into flow.metadata (which mitmproxy serializes into
 # flow dumps): the parsed request body, the budget reservation, the stream meter.
@@ -41,17 +36,35 @@ def drop_scratch(flow: http.HTTPFlow) -> dict[str, Any]:
     return _scratch.pop(flow.id, {})
 
 
-def new_request_id() -> str:
-    """A request id unique across router processes: random per process, then a counter."""
-    return f"req_{_REQUEST_PREFIX}{next(_request_counter):08x}"
-
-
 def meta(flow: http.HTTPFlow) -> dict[str, Any]:
     """The per-flow facts of iron_runtime (``flow.metadata["iron"]``), created on first use."""
     m = flow.metadata.get(META)
     if m is None:
         m = flow.metadata[META] = {}
     return m
+
+
+_LOCAL_SECRETS = CLIENT_CREDENTIALS | {b"x-iron-admin-secret"}
+
+
+def forget_credentials(flow: http.HTTPFlow) -> None:
+    """Mask whatever credential the client presented in a flow the router answers itself:
+    the stored request (mitmweb, flow dumps) must not keep the agent's token, which fetches
+    provider keys in server mode, nor a real key an agent presented by mistake."""
+    headers = flow.request.headers
+    fields = headers.fields
+    if any(name.lower() in _LOCAL_SECRETS for name, _ in fields):
+        headers.fields = tuple(
+            (name, _masked(value) if name.lower() in _LOCAL_SECRETS else value)
+            for name, value in fields
+        )
+
+
+def _masked(value: bytes) -> bytes:
+    scheme, space, secret = value.partition(b" ")
+    if space and scheme.lower() in (b"bearer", b"basic"):
+        return scheme + b" " + mask_secret(secret.decode("latin-1")).encode()
+    return mask_secret(value.decode("latin-1")).encode()
 
 
 def answer_error(flow: http.HTTPFlow, err: RouterError, shape: ApiShape | None = None) -> None:
@@ -65,6 +78,7 @@ def answer_error(flow: http.HTTPFlow, err: RouterError, shape: ApiShape | None =
     )
     m["error"] = {"status": err.status, "type": err.type, "code": err.code, "message": err.message}
     m["local_answer"] = True
+    forget_credentials(flow)
 
 
 def fail_closed(hook: Callable) -> Callable:

@@ -15,7 +15,7 @@ from mitmproxy import ctx, http
 
 from iron_runtime import errors
 
-from ._glue import answer_error, fail_closed, meta
+from ._glue import answer_error, fail_closed, forget_credentials, meta
 
 ADMIN_PREFIX = "/_iron/"
 ADMIN_HEADER = "x-iron-admin-secret"
@@ -79,3 +79,4 @@ class Admin:
         flow.response = http.Response.make(
             200, json.dumps(body), {"content-type": "application/json"}
         )
+        forget_credentials(flow)

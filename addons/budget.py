@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 
 from mitmproxy import ctx, exceptions, http
@@ -43,8 +44,13 @@ INLINE_COUNT_BYTES = 64 * 1024
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table says
 
 
-# Endpoints that cost nothing: never reserved, never refused.
-FREE_ENDPOINTS = ("/count_tokens", "/files", "/uploads")
+# Endpoints that cost nothing: never reserved, never refused. Matched on the whole route
+# path (normalised by the router, the same path that goes upstream), never on a suffix.
+FREE_ENDPOINT = re.compile(
+    r"/v1/(?:messages/count_tokens"
+    r"|files(?:/[A-Za-z0-9_.:-]+(?:/content)?)?"
+    r"|uploads(?:/[A-Za-z0-9_.:-]+(?:/(?:parts|complete|cancel))?)?)/?"
+)
 
 
 def unpriced(model: str, model_less: bool = False) -> errors.RouterError:
@@ -102,8 +108,7 @@ class Budget:
         m = flow.metadata.get("iron")
         if flow.response or m is None or "upstream" not in m:
             return None
-        path = flow.request.path.partition("?")[0].rstrip("/")
-        if path.endswith(FREE_ENDPOINTS):
+        if FREE_ENDPOINT.fullmatch(m.get("path", "").partition("?")[0]):
             return None
         body = scratch(flow).get("payload")
         model = m.get("upstream_model") or m.get("model")

@@ -10,8 +10,6 @@ import time
 import weakref
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import _http1
 
 from iron_runtime import errors, routing
 from iron_runtime.headers import (
@@ -25,13 +23,19 @@ from iron_runtime.payload import model_of, parse_json_body
 from iron_runtime.providers import Provider, default_upstream
 from iron_runtime.upstreams import Upstream
 
-from ._glue import answer_error, fail_closed, meta, new_request_id, scratch
+from . import intake
+from ._glue import answer_error, fail_closed, forget_credentials, meta, scratch
 from .control import control
+from .intake import DEFAULT_BODY_LIMIT, INTAKE, new_request_id
 
 logger = logging.getLogger("iron_runtime")
 
-DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
 HEALTH_TEXT = b"LlmRouter OK"
+ADMIN_PREFIX = "/_iron/"
+# A request with a wrong token and a body larger than this is refused as soon as its headers
+# arrive, without reading the body. Smaller bodies are read first: closing a connection with
+# unread bytes resets it, and the client might then see the reset instead of the 401.
+EARLY_REFUSAL_BYTES = 64 * 1024
 
 
 def _secret_option(value: str, option: str) -> str:
@@ -44,26 +48,6 @@ def _secret_option(value: str, option: str) -> str:
             raise exceptions.OptionsError(f"{option}: environment variable {name} is not set")
         return resolved
     return value
-
-
-def _json_error_page(status_code: int, message: str = "") -> bytes:
-    """JSON instead of mitmproxy's HTML page for errors raised inside the proxy core
-    (provider unreachable, connection dropped, malformed HTTP), so SDKs can read them."""
-    if status_code in (502, 504):
-        type_, text = (
-            "iron_cage_upstream_error",
-            f"The router could not get an answer from the provider: {message}",
-        )
-    elif status_code == 413:
-        type_, text = "invalid_request_error", f"Request body too large: {message}"
-    else:
-        type_, text = "invalid_request_error", f"Malformed request: {message}"
-    resp = http.Response.make(
-        status_code,
-        errors.universal_error_body(status_code, type_, text),
-        {"content-type": "application/json", "connection": "close"},
-    )
-    return http1.assemble_response(resp)
 
 
 class Router:
@@ -106,7 +90,7 @@ class Router:
         loader.add_option(
             "iron_body_limit", int, DEFAULT_BODY_LIMIT, "Largest request body accepted, in bytes."
         )
-        _http1.make_error_response = _json_error_page
+        intake.install()
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -138,7 +122,7 @@ class Router:
         if "iron_body_limit" in updated:
             if opts.iron_body_limit <= 0:
                 raise exceptions.OptionsError("iron_body_limit must be a positive byte count")
-            self.body_limit = opts.iron_body_limit
+            self.body_limit = INTAKE.body_limit = opts.iron_body_limit
         if updated & {"listen_host", "iron_token"}:
             self._check_exposure(opts.listen_host)
         if "connection_strategy" in updated and opts.connection_strategy != "lazy":
@@ -174,6 +158,31 @@ class Router:
         )
 
     @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Before the body is read: a request id, and the refusals that must not wait for
+        the body (a declared body over the limit; a wrong token with a large body)."""
+        req = flow.request
+        m = meta(flow)
+        m.setdefault("request_id", new_request_id())
+        m.setdefault("started", time.time())
+        INTAKE.request_ids[req] = m["request_id"]
+        declared = _declared_size(req.headers)
+        if declared is not None and declared > self.body_limit:
+            err = errors.too_large(declared, self.body_limit)
+        elif (
+            (declared is None or declared > EARLY_REFUSAL_BYTES)
+            and not req.path.startswith(ADMIN_PREFIX)
+            and not routing.token_matches(req.headers, self.token)
+        ):
+            err = errors.bad_token()
+        else:
+            return
+        m["shape"] = routing.client_shape(req.path, req.headers).value
+        answer_error(flow, err)
+        INTAKE.early_answers[req] = intake.assemble(flow.response, req.method == "HEAD")
+        flow.kill()
+
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
@@ -181,11 +190,16 @@ class Router:
         m = meta(flow)
         m.setdefault("request_id", new_request_id())
         m.setdefault("started", time.time())
-        if req.path in ("/", "") and req.method in ("GET", "HEAD"):
+        try:
+            target, refused = routing.normalize_target(req.path), None
+        except ValueError as e:
+            target, refused = None, e
+        if target == "/" and req.method in ("GET", "HEAD"):
             flow.response = http.Response.make(
                 200, HEALTH_TEXT, {"content-type": "text/plain", REQUEST_ID: m["request_id"]}
             )
             m["local"] = "health"
+            forget_credentials(flow)
             return
 
         shape = routing.client_shape(req.path, req.headers)
@@ -196,6 +210,9 @@ class Router:
         size = len(req.raw_content or b"")
         if size > self.body_limit:
             return answer_error(flow, errors.too_large(size, self.body_limit))
+        if target is None:
+            return answer_error(flow, errors.bad_request(f"Request path refused: {refused}"))
+        req.path = target  # routing, pricing and the upstream all see this one path
         try:
             payload = parse_json_body(req.raw_content or b"", req.headers.get("content-type", ""))
             model = model_of(payload)
@@ -203,7 +220,9 @@ class Router:
             return answer_error(flow, e)
 
         r = routing.route(req.method, req.path, req.headers, model)
-        m.update(provider=r.provider.value, model=model, route=r.by, shape=r.shape.value)
+        m.update(
+            provider=r.provider.value, model=model, route=r.by, shape=r.shape.value, path=r.path
+        )
         m["stream"] = bool(payload and payload.get("stream"))
         if payload is not None:
             scratch(flow)["payload"] = payload
@@ -288,7 +307,7 @@ class Router:
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         m = flow.metadata.get("iron")
-        if m is None or "upstream" not in m:
+        if m is None or "upstream" not in m or m.get("local_answer"):
             return
         self._mask(flow)
         resp = flow.response
@@ -315,4 +334,15 @@ class Router:
             return
         if "upstream" in m:
             self._mask(flow)
-        m["error"] = {"message": flow.error.msg if flow.error else "unknown"}
+        if not m.get("local_answer"):  # a local answer already says what went wrong
+            m["error"] = {"message": flow.error.msg if flow.error else "unknown"}
+
+
+def _declared_size(headers: http.Headers) -> int | None:
+    """The body size the client announced: 0 without a body, None for a chunked body."""
+    if "transfer-encoding" in headers:
+        return None
+    try:
+        return int(headers.get("content-length", "0"))
+    except ValueError:
+        return 0  # mitmproxy refuses a malformed Content-Length before any hook runs

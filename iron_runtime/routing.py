@@ -16,6 +16,7 @@ A doubled ``/v1/v1/`` (an Anthropic SDK given ``router.base_url``, which already
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,6 +44,58 @@ def split_provider_prefix(path: str) -> tuple[Provider | None, str]:
         return None, path
     remainder = "/" + rest if slash else "/"
     return provider, remainder + (sep + query if sep else "")
+
+
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+# Encoded separators: an upstream that decodes them would see another path than the router.
+_REFUSED_ENCODED = frozenset({"2F", "5C", "00", "3F", "23"})
+
+
+def _decode_unreserved(match: re.Match[str]) -> str:
+    hex_ = match.group(1).upper()
+    char = chr(int(hex_, 16))
+    if char in _UNRESERVED:
+        return char
+    if hex_ in _REFUSED_ENCODED:
+        raise ValueError(f"the path holds an encoded {'/' if hex_ == '2F' else '%' + hex_}")
+    return "%" + hex_
+
+
+def normalize_target(target: str) -> str:
+    """The request target in the one form the router decides on and sends upstream.
+
+    The fragment is removed (it is never part of an HTTP request; upstreams drop it),
+    percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), repeated slashes
+    are merged and ``.``/``..`` segments resolved (§5.2.4). Encoded ``/``, ``\\``, ``?``, ``#``
+    and NUL and a literal backslash are refused with ``ValueError``: another server could
+    read them as separators. The query string is kept as it is.
+    """
+    target = target.partition("#")[0]
+    path, sep, query = target.partition("?")
+    if "\\" in path:
+        raise ValueError("the path holds a backslash")
+    if "%" in path:
+        path = _PERCENT.sub(_decode_unreserved, path)
+    if "//" in path or "/." in path:
+        segments: list[str] = []
+        parts = path.split("/")
+        for i, segment in enumerate(parts[1:], 1):
+            last = i == len(parts) - 1
+            if segment == "..":
+                if segments:
+                    segments.pop()
+                if last:
+                    segments.append("")
+            elif segment == ".":
+                if last:
+                    segments.append("")
+            elif segment or last:
+                segments.append(segment)
+        path = "/" + "/".join(segments)
+    if not path.startswith("/"):
+        path = "/" + path
+    return path + sep + query
 
 
 def normalize_path(path: str) -> str:
