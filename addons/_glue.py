@@ -76,6 +76,8 @@ def answer_error(flow: http.HTTPFlow, err: RouterError, shape: ApiShape | None =
         err.body(shape),
         {"content-type": "application/json", REQUEST_ID: m.get("request_id", "")},
     )
+    if m.get("client_close"):
+        flow.response.headers["connection"] = "close"
     m["error"] = {"status": err.status, "type": err.type, "code": err.code, "message": err.message}
     m["local_answer"] = True
     forget_credentials(flow)

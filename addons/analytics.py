@@ -1,6 +1,12 @@
 """Analytics addon: exactly one event per request, locally refused ones included, committed to
 the SQLite outbox in ``state_dir`` before the client's response completes, then synced to the
-control server by a background worker (SPEC §8)."""
+control server by a background worker (SPEC §8).
+
+A response waits for its event's commit at most ``COMMIT_WAIT`` seconds, and not at all once a
+commit has failed: a disk that is full, slow or locked by another process delays answers by
+no more than that, never stops them. Such responses are logged and counted in
+``stats()["outbox"]["writer"]["answered_before_commit"]``; their events stay queued for a
+retry."""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from iron_runtime.launcher import default_state_dir
 logger = logging.getLogger("iron_runtime")
 
 OUTBOX_FILE = "analytics.sqlite3"
+COMMIT_WAIT = 2.0  # seconds a response waits for its event's commit at most
 
 
 class Analytics:
@@ -26,6 +33,7 @@ class Analytics:
         self.writer: OutboxWriter | None = None
         self.sync: SyncWorker | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.answered_before_commit = 0  # responses that went ahead of their event's commit
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -56,17 +64,20 @@ class Analytics:
                 ) from None
             self.writer = OutboxWriter(self.outbox, on_commit=self._committed)
 
-    def _committed(self, callbacks: list) -> None:
-        """From the writer thread: resolve a committed batch on the event loop, at once."""
+    def _committed(self, callbacks: list, committed: bool) -> None:
+        """From the writer thread: resolve a batch's callbacks on the event loop, at once."""
         loop = self.loop
         if loop is None or loop.is_closed():
             return
 
         def resolve() -> None:
             for done in callbacks:
-                done()
+                done(committed)
 
-        loop.call_soon_threadsafe(resolve)
+        try:
+            loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits any more
+            pass
 
     def running(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -96,9 +107,33 @@ class Analytics:
         event = self._event(flow)
         if event is None or self.writer is None:
             return None
-        committed = asyncio.get_running_loop().create_future()
-        self.writer.submit(event, lambda: committed.done() or committed.set_result(None))
-        return committed  # the response completes once its event is on disk
+        loop = asyncio.get_running_loop()
+        committed = loop.create_future()
+
+        def settle(ok: bool, why: str = "the outbox failed to commit it") -> None:
+            # On the event loop: the commit, a failed commit, or the timer, whichever is first.
+            if committed.done():
+                return
+            committed.set_result(None)
+            timer.cancel()
+            if not ok:
+                self._went_ahead(event.event_id, why)
+
+        timer = loop.call_later(COMMIT_WAIT, settle, False, f"not committed in {COMMIT_WAIT:g} s")
+        self.writer.submit(event, settle)
+        return committed  # the response completes once its event is on disk (or given up)
+
+    def _went_ahead(self, event_id: str, why: str) -> None:
+        self.answered_before_commit += 1
+        n = self.answered_before_commit
+        if n in (1, 10) or n % 100 == 0:
+            logger.warning(
+                "iron_runtime: a response went ahead of its analytics event %s (%s; %d so far); "
+                "the event is kept for a retry",
+                event_id,
+                why,
+                n,
+            )
 
     def error(self, flow: http.HTTPFlow) -> None:
         event = self._event(flow)
@@ -121,7 +156,15 @@ class Analytics:
             )
 
     def stats(self) -> dict:
-        return self.outbox.stats() if self.outbox is not None else {}
+        if self.outbox is None:
+            return {}
+        data = self.outbox.stats()
+        if self.writer is not None:
+            data["outbox"]["writer"] = {
+                **self.writer.stats(),
+                "answered_before_commit": self.answered_before_commit,
+            }
+        return data
 
 
 def build_event(flow: http.HTTPFlow, m: dict):

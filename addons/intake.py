@@ -65,6 +65,12 @@ _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e\x80-\xff]+
 _BAD_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 _FOLDED = re.compile(rb"\n[ \t]")
 
+CONNECT_REFUSED = (
+    "The router is an API endpoint, not a forward proxy: point the SDK's base_url at it "
+    "instead of configuring it as an HTTP proxy."
+)
+_CODES = {405: "method_not_allowed", 413: "request_too_large", 431: "request_too_large"}
+
 _PROCESS_PREFIX = secrets.token_hex(6)
 _request_counter = itertools.count(1)
 
@@ -100,6 +106,8 @@ class Intake:
         if head.count(b"\n") - 1 > self.max_headers:
             return 431, f"the request has more than {self.max_headers} header fields"
         line_end = head.find(b"\n")
+        if head.startswith(b"CONNECT "):
+            return 405, CONNECT_REFUSED
         if not _REQUEST_LINE.fullmatch(head, 0, line_end):
             return 400, "malformed request line (expected 'METHOD /path HTTP/1.1')"
         bad = _BAD_BYTES.search(head)
@@ -122,11 +130,13 @@ class Intake:
             type_, text = "invalid_request_error", f"Request body too large: {message}"
         elif status == 431:
             type_, text = "invalid_request_error", f"Request header fields too large: {message}"
+        elif status == 405:
+            type_, text = "invalid_request_error", message
         else:
             type_, text = "invalid_request_error", f"Malformed request: {message}"
         resp = http.Response.make(
             status,
-            errors.universal_error_body(status, type_, text),
+            errors.universal_error_body(status, type_, text, _CODES.get(status)),
             {
                 "content-type": "application/json",
                 "connection": "close",

@@ -26,7 +26,7 @@ from iron_runtime.upstreams import Upstream
 from . import intake
 from ._glue import answer_error, fail_closed, forget_credentials, meta, scratch
 from .control import control
-from .intake import DEFAULT_BODY_LIMIT, INTAKE, new_request_id
+from .intake import CONNECT_REFUSED, DEFAULT_BODY_LIMIT, INTAKE, new_request_id
 
 logger = logging.getLogger("iron_runtime")
 
@@ -148,13 +148,7 @@ class Router:
         # Agents call the router as an API server; as a forward proxy it would open tunnels.
         answer_error(
             flow,
-            errors.RouterError(
-                405,
-                "invalid_request_error",
-                "method_not_allowed",
-                "The router is an API endpoint, not a forward proxy: point the SDK's base_url "
-                "at it instead of configuring it as an HTTP proxy.",
-            ),
+            errors.RouterError(405, "invalid_request_error", "method_not_allowed", CONNECT_REFUSED),
         )
 
     @fail_closed
@@ -202,6 +196,9 @@ class Router:
             forget_credentials(flow)
             return
 
+        if "close" in req.headers.get("connection", "").lower():
+            # the header is hop-by-hop and leaves the flow once it is routed upstream
+            m["client_close"] = True
         shape = routing.client_shape(req.path, req.headers)
         m["shape"] = shape.value
         if not routing.token_matches(req.headers, self.token):
@@ -312,6 +309,8 @@ class Router:
         self._mask(flow)
         resp = flow.response
         resp.headers.fields = tuple(client_response_fields(resp.headers.fields, m["request_id"]))
+        if m.get("client_close"):
+            resp.headers["connection"] = "close"
         if resp.headers.get("content-type", "").startswith("text/event-stream"):
             resp.stream = True
             m["stream"] = True

@@ -110,10 +110,10 @@ def not_found(message: str) -> RouterError:
     return RouterError(404, "invalid_request_error", "not_found", message)
 
 
-def universal_error_body(status: int, type_: str, message: str) -> bytes:
+def universal_error_body(status: int, type_: str, message: str, code: str | None = None) -> bytes:
     """A body both SDKs parse, for errors raised where the caller's API is not known."""
     payload = {
         "type": "error",
-        "error": {"type": type_, "message": message, "param": None, "code": type_},
+        "error": {"type": type_, "message": message, "param": None, "code": code or type_},
     }
     return json.dumps(payload).encode()
