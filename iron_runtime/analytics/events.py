@@ -4,11 +4,16 @@ The wire fields are the original's (``event_id``, ``timestamp_ms``, ``event_type
 ``provider``, tokens and ``cost_micros``, or ``error_code``/``error_message``), plus
 ``latency_ms``, ``ttft_ms``, ``stream``, ``cached_tokens``, ``cost_known`` and ``request_id``.
 The IC token is added only when an event is sent, never stored.
+
+Whatever a request carries, its event can be stored: ``storable_json`` replaces text that no
+UTF-8 store accepts (lone UTF-16 surrogates, which a JSON ``\\ud800`` escape produces) with
+U+FFFD, and as a last resort stores a minimal failed event in its place.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -56,6 +61,45 @@ class LlmRequestFailed(_EventBase):
 
 Event = Annotated[LlmRequestCompleted | LlmRequestFailed, Field(discriminator="event_type")]
 EVENT = TypeAdapter(Event)
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def scrub(text: str) -> str:
+    """``text`` with every lone UTF-16 surrogate replaced by U+FFFD (Python strings decoded
+    from JSON ``\\ud800`` escapes or with ``surrogatepass`` can hold them; UTF-8 cannot)."""
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def storable_json(event: LlmRequestCompleted | LlmRequestFailed) -> tuple[str, str]:
+    """The event's JSON for the outbox, and how it was obtained: ``"ok"``; ``"repaired"``
+    (text that cannot be stored was replaced by U+FFFD); or ``"replaced"`` (the event could
+    not be serialised at all: a minimal failed event with its id and time stands in)."""
+    try:
+        return event.model_dump_json(), "ok"
+    except Exception:  # noqa: BLE001 - any value that cannot be serialised
+        pass
+    try:
+        text = {k: scrub(v) for k, v in event.__dict__.items() if isinstance(v, str)}
+        return event.model_copy(update=text).model_dump_json(), "repaired"
+    except Exception:  # noqa: BLE001
+        pass
+    return stand_in(event).model_dump_json(), "replaced"
+
+
+def stand_in(event: Any, why: str = "the event could not be stored") -> LlmRequestFailed:
+    """A minimal failed event that keeps the id, time and provider of an event that cannot
+    be stored as it is."""
+    event_id = getattr(event, "event_id", None)
+    timestamp = getattr(event, "timestamp_ms", None)
+    provider = getattr(event, "provider", None)
+    return LlmRequestFailed(
+        event_id=scrub(event_id) if isinstance(event_id, str) else str(uuid.uuid4()),
+        timestamp_ms=timestamp if type(timestamp) is int and 0 <= timestamp < 2**62 else _now_ms(),
+        provider=provider if provider in ("openai", "anthropic") else "unknown",
+        error_code="unstorable_event",
+        error_message=why,
+    )
 
 
 def event_for(

@@ -3,6 +3,9 @@ by every router of an agent, analytics ingestion with de-duplication, token chec
 switchable faults (down, 5xx, slow, flapping).
 
 Agents are registered with ``add_agent(ic_token, provider, provider_key, budget_micros)``.
+Like every emulator it serves many connections at once on its event loop; ``latency`` makes
+each answer wait (concurrent requests wait together, as on a real server) and
+``max_in_flight`` tells how many requests it ever answered at once.
 """
 
 from __future__ import annotations

@@ -90,6 +90,12 @@ class Emulator:
         self.requests: collections.deque[RecordedRequest] = collections.deque(maxlen=10_000)
         self.faults: collections.deque[Fault] = collections.deque()
         self.chunk_delay = 0.0  # default pause between SSE events
+        self.latency = 0.0  # seconds every answer waits (concurrent requests wait together)
+        # JSON answers carry a lone UTF-16 surrogate as raw bytes (ED A0 80 for U+D800), as a
+        # lenient server does, instead of the standard \ud800 escape.
+        self.raw_surrogates = False
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0  # the most requests ever answered at once (since reset)
         self.events_sent: list[float] = []  # loop time of each SSE event written (last stream)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -177,6 +183,9 @@ class Emulator:
         self.requests.clear()
         self.faults.clear()
         self.chunk_delay = 0.0
+        self.latency = 0.0
+        self.raw_surrogates = False
+        self.max_in_flight = self.in_flight
 
     # -- protocol ---------------------------------------------------------------------------
 
@@ -202,13 +211,19 @@ class Emulator:
                 req = RecordedRequest(method, target, headers, body)
                 if self.record:
                     self.requests.append(req)
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
                 try:
+                    if self.latency:
+                        await asyncio.sleep(self.latency)
                     reply = self.handle(req)
                     if "x-emulator-chunk-delay" in headers:  # per-request pacing (benchmarks)
                         reply.chunk_delay = float(headers["x-emulator-chunk-delay"])
                     await self._write(writer, reply)
                 except _Drop:
                     return
+                finally:
+                    self.in_flight -= 1
                 if headers.get("connection", "").lower() == "close":
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -242,7 +257,12 @@ class Emulator:
             reply = Reply(fault.status, fault.body if fault.body is not None else {}, fault.headers)
         status_line = f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}\r\n"
         if reply.events is None:
-            body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+            if isinstance(reply.body, bytes):
+                body = reply.body
+            elif self.raw_surrogates:
+                body = json.dumps(reply.body, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            else:
+                body = json.dumps(reply.body).encode()
             head = [
                 status_line,
                 "content-type: application/json\r\n",
