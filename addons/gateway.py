@@ -89,7 +89,10 @@ class Gateway:
             body = translate_error(resp.status_code, raw)
         resp.headers.pop("content-encoding", None)
         resp.headers["content-type"] = "application/json"
-        resp.content = json.dumps(body, ensure_ascii=False).encode()
+        try:
+            resp.content = json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone surrogate echoed back: keep it as a JSON escape
+            resp.content = json.dumps(body).encode()
 
 
 def _stream_callable(translator: GatewayStream, m: dict):

@@ -94,11 +94,6 @@ def test_surrogate_in_the_model_on_the_gateway_is_recorded_and_the_router_goes_o
     assert router.stats()["totals"]["requests"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="addons/gateway.py encodes the translated answer with json.dumps(ensure_ascii=False)"
-    ".encode(), which raises on a lone surrogate echoed in the model; the flow is killed",
-)
 def test_surrogate_in_the_model_on_the_gateway_gets_its_answer(router):
     resp = post_raw(router, "/chat/completions", chat_body("claude-haiku-4-5\\ud800"))
     assert resp.status_code == 200
