@@ -176,6 +176,9 @@ def build_event(flow: http.HTTPFlow, m: dict):
     return event_for(
         m,
         status=resp.status_code if resp is not None else None,
-        connection_error=flow.error.msg if flow.error is not None else None,
+        # a local answer given before the body was read ends its flow with an error too
+        connection_error=(
+            flow.error.msg if flow.error is not None and not m.get("local_answer") else None
+        ),
         upstream_message=upstream_message,
     )

@@ -233,6 +233,11 @@ def test_wrong_token_with_a_large_body_is_refused_on_the_headers(router, openai_
     answer = exchange(router.port, head)  # the body never comes; the answer does
     assert status_of(answer) == 401
     assert body_of(answer)["error"]["code"] == "invalid_api_key"
+    rid = answer.split(b"x-iron-request-id: ")[1].split(b"\r\n")[0].decode()
+    events = [e for e in router.stats()["recent"] if e.get("request_id") == rid]
+    assert [(e["event_type"], e["error_code"], e["status"]) for e in events] == [
+        ("llm_request_failed", "invalid_api_key", 401)
+    ]
 
 
 def test_sdk_uploading_a_body_over_the_limit_reads_the_413(router, oai, openai_emu):
