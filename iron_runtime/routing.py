@@ -155,8 +155,14 @@ def token_matches(headers: Mapping[str, str], token: str) -> bool:
     ok = False
     auth = headers.get("authorization")
     if auth is not None and auth[:7].lower() == "bearer ":
-        ok |= hmac.compare_digest(auth[7:].strip().encode(), expected)
+        ok |= hmac.compare_digest(_wire_bytes(auth[7:].strip()), expected)
     api_key = headers.get("x-api-key")
     if api_key is not None:
-        ok |= hmac.compare_digest(api_key.strip().encode(), expected)
+        ok |= hmac.compare_digest(_wire_bytes(api_key.strip()), expected)
     return ok
+
+
+def _wire_bytes(value: str) -> bytes:
+    """A header value back as the bytes it came in as (bytes that were not UTF-8 arrive as
+    surrogate escapes)."""
+    return value.encode("utf-8", "surrogateescape")
