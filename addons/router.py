@@ -217,6 +217,15 @@ class Router:
             return answer_error(flow, e)
 
         r = routing.route(req.method, req.path, req.headers, model)
+        if r.provider is Provider.ANTHROPIC and r.by == "model":
+            api = routing.openai_only_api(r.path)
+            if api is not None:
+                m.update(provider=r.provider.value, model=model, route=r.by)
+                return answer_error(
+                    flow,
+                    errors.no_such_api_at_anthropic(api, req.method, r.path, model or ""),
+                    errors.ApiShape.OPENAI,
+                )
         m.update(
             provider=r.provider.value, model=model, route=r.by, shape=r.shape.value, path=r.path
         )

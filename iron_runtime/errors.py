@@ -110,6 +110,24 @@ def not_found(message: str) -> RouterError:
     return RouterError(404, "invalid_request_error", "not_found", message)
 
 
+def no_such_api_at_anthropic(api: str, method: str, path: str, model: str) -> RouterError:
+    """An OpenAI-only endpoint called with a Claude model: Anthropic would answer a bare 404."""
+    hint = ""
+    if api == "the Responses API":
+        hint = (
+            " With openai-agents, use OpenAIChatCompletionsModel (or "
+            "set_default_openai_api('chat_completions'))."
+        )
+    return RouterError(
+        400,
+        "invalid_request_error",
+        "unsupported_endpoint",
+        f"{method} {path} is {api}, which only OpenAI offers; model {model!r} is an "
+        "Anthropic model. The router translates OpenAI's /v1/chat/completions for Claude "
+        f"models: call that instead, or Anthropic's /v1/messages.{hint}",
+    )
+
+
 def universal_error_body(status: int, type_: str, message: str, code: str | None = None) -> bytes:
     """A body both SDKs parse, for errors raised where the caller's API is not known."""
     payload = {

@@ -112,6 +112,33 @@ def is_messages(path: str) -> bool:
     return path.partition("?")[0].rstrip("/").endswith("/v1/messages")
 
 
+# OpenAI APIs that Anthropic has no counterpart for: first path segment after /v1, and what
+# the API is called (for the error that tells a user what to use instead).
+OPENAI_ONLY_APIS = {
+    "responses": "the Responses API",
+    "embeddings": "embeddings",
+    "images": "image generation",
+    "audio": "audio",
+    "completions": "legacy completions",
+    "moderations": "moderations",
+    "fine_tuning": "fine-tuning",
+    "assistants": "the Assistants API",
+    "threads": "the Assistants API",
+    "vector_stores": "vector stores",
+    "realtime": "the Realtime API",
+    "videos": "video generation",
+}
+
+
+def openai_only_api(path: str) -> str | None:
+    """The name of the OpenAI-only API ``path`` belongs to (``/v1/responses`` → "the
+    Responses API"), or None."""
+    segments = path.partition("?")[0].strip("/").split("/")
+    if len(segments) >= 2 and segments[0] == "v1":
+        return OPENAI_ONLY_APIS.get(segments[1])
+    return None
+
+
 def client_shape(path: str, headers: Mapping[str, str]) -> ApiShape:
     """The API the client speaks: Anthropic for its paths or its SDK's headers."""
     provider, rest = split_provider_prefix(normalize_path(path))
