@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from .cost import Usage, usage_from
-from .sse import SSEParser
+from .sse import SSEError, SSEParser, parse_block
 from .tokens import count_text
 
 
@@ -92,7 +92,15 @@ class UsageMeter:
 class StreamMeter:
     """Meters a provider's SSE stream passed through to the client unchanged, except that
     the usage-only chunk the router asked OpenAI for is removed when the client did not
-    ask for it itself."""
+    ask for it itself.
+
+    When that chunk is to be removed, the stream is passed on block by block as each event
+    completes, each block as it came (comments, ``id:`` lines, data that is not JSON or not
+    UTF-8 included; CR and CRLF line endings become LF). Nothing is ever dropped silently:
+    bytes of an event that never completes are handed on when the stream ends, and an event
+    too large to buffer ends the metering, with what was held handed on and the rest of the
+    stream passed through as it comes.
+    """
 
     def __init__(self, anthropic: bool, encoding_name: str, strip_usage_chunk: bool) -> None:
         self.anthropic = anthropic
@@ -102,32 +110,42 @@ class StreamMeter:
         self.broken = False
 
     def feed(self, data: bytes) -> bytes:
+        """What to send the client for ``data``; ``b""`` marks the end of the stream."""
         if self.broken:
             return data
         try:
-            events = self.parser.feed(data)
-        except ValueError:
+            blocks = self.parser.blocks(data)
+        except SSEError as e:
+            blocks = e.blocks
             self.broken = True  # keep passing bytes through; charge what was counted
-            return data
         out: list[bytes] | None = [] if self.strip else None
-        for event in events:
-            if event.data == "[DONE]":
-                self.meter.complete = True
-                if out is not None:
-                    out.append(b"data: [DONE]\n\n")
-                continue
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                payload = None
-            if isinstance(payload, dict):
-                if self.anthropic:
-                    self.meter.observe_anthropic(payload)
-                else:
-                    self.meter.observe_openai(payload)
-                    if out is not None and payload.get("choices") == [] and payload.get("usage"):
-                        continue  # the usage chunk the client did not ask for
-            if out is not None:
-                prefix = f"event: {event.event}\n" if event.event else ""
-                out.append(f"{prefix}data: {event.data}\n\n".encode())
-        return data if out is None else b"".join(out)
+        for block in blocks:
+            if self._observe(block) and out is not None:
+                out.append(block)
+                out.append(b"\n\n")
+        if out is None:
+            return data
+        if self.broken or not data:
+            out.append(self.parser.drain())
+        return b"".join(out)
+
+    def _observe(self, block: bytes) -> bool:
+        """Meter one event block; False for the usage chunk to remove."""
+        event = parse_block(block)
+        if event is None:
+            return True
+        if event.data == "[DONE]":
+            self.meter.complete = True
+            return True
+        try:
+            payload = json.loads(event.data)
+        except (ValueError, RecursionError):
+            return True
+        if not isinstance(payload, dict):
+            return True
+        if self.anthropic:
+            self.meter.observe_anthropic(payload)
+            return True
+        self.meter.observe_openai(payload)
+        # the usage chunk the client did not ask for
+        return not (self.strip and payload.get("choices") == [] and payload.get("usage"))

@@ -5,7 +5,8 @@ itself expects, and tiktoken's own encoder runs on them: no download ever happen
 OpenAI models are counted with their own encoding; Claude models with ``cl100k_base`` and a
 25 % margin (Anthropic's tokenizer is not public, and a reservation must not undercount).
 Images count as 1,600 tokens each (the most either provider charges for one image at the
-default sizes) and documents as their base64 size.
+default sizes) and documents as their base64 size. Content nested past ``MAX_JSON_DEPTH``
+(tool results inside tool results, say) is refused with a 400, never walked recursively.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from importlib import resources
 from typing import Any
 
 import tiktoken
+
+from .payload import MAX_JSON_DEPTH, too_deep
 
 EXPECTED_SHA256 = {
     "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
@@ -97,22 +100,36 @@ def count_text(text: str, encoding_name: str = "cl100k_base") -> int:
 
 
 class _Collector:
-    """Walks a request body, adding up text to tokenize and fixed-cost items."""
+    """Walks a request body, adding up text to tokenize and fixed-cost items.
+
+    Content is walked with a list, not by recursion; ``depth`` is where a value sits in the
+    body as JSON levels (the body itself is level 1), and past ``MAX_JSON_DEPTH`` the
+    request is refused, as the body parse would have refused it.
+    """
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.fixed = 0
 
-    def content(self, value: Any) -> None:
+    def content(self, value: Any, depth: int) -> None:
         if isinstance(value, str):
             self.texts.append(value)
-        elif isinstance(value, list):
-            for part in value:
-                self.part(part)
-        elif isinstance(value, dict):
-            self.part(value)
+            return
+        todo = [(value, depth)]
+        while todo:
+            value, depth = todo.pop()
+            if depth > MAX_JSON_DEPTH:
+                raise too_deep("Request content")
+            if isinstance(value, str):
+                self.texts.append(value)
+            elif isinstance(value, list):
+                for part in value:
+                    self.part(part, depth + 1, todo)
+            elif isinstance(value, dict):
+                self.part(value, depth, todo)
 
-    def part(self, part: Any) -> None:
+    def part(self, part: Any, depth: int, todo: list[tuple[Any, int]]) -> None:
+        """One content part at ``depth``; content nested in it goes on ``todo``."""
         if isinstance(part, str):
             self.texts.append(part)
             return
@@ -122,19 +139,28 @@ class _Collector:
         if kind in ("image_url", "image", "input_image"):
             self.fixed += IMAGE_TOKENS
         elif kind in ("document", "file", "input_file"):
-            self.fixed += len(json.dumps(part)) // 3  # base64: at most one token per 3 chars
+            self.fixed += len(_dumps(part, ascii=True)) // 3  # base64: a token per 3 chars
         elif kind in ("tool_use", "tool_result"):
-            self.texts.append(json.dumps(part.get("input", ""), ensure_ascii=False))
-            self.content(part.get("content"))
+            self.texts.append(_dumps(part.get("input", "")))
+            todo.append((part.get("content"), depth + 1))
         else:
             for key in ("text", "thinking", "refusal", "input_text", "output_text"):
                 if isinstance(part.get(key), str):
                     self.texts.append(part[key])
 
 
+def _dumps(value: Any, ascii: bool = False) -> str:
+    """JSON text of a value, to count its tokens (the C encoder: no Python recursion)."""
+    try:
+        return json.dumps(value, ensure_ascii=ascii)
+    except RecursionError:
+        raise too_deep("Request content") from None
+
+
 def count_request(body: dict[str, Any], model: str, anthropic: bool) -> int:
     """An upper estimate of the input tokens of a chat or messages request (any other JSON
-    body: its serialized size in tokens)."""
+    body: its serialized size in tokens). Raises a 400 ``RouterError`` for content nested
+    deeper than ``MAX_JSON_DEPTH``."""
     c = _Collector()
     messages = body.get("messages")
     if isinstance(messages, list):
@@ -143,15 +169,15 @@ def count_request(body: dict[str, Any], model: str, anthropic: bool) -> int:
             if not isinstance(msg, dict):
                 continue
             c.fixed += MESSAGE_OVERHEAD
-            c.content(msg.get("content"))
+            c.content(msg.get("content"), 4)  # body, messages, message, content
             for call in msg.get("tool_calls") or []:
                 if isinstance(call, dict):
-                    c.texts.append(json.dumps(call.get("function", call), ensure_ascii=False))
-        c.content(body.get("system"))
+                    c.texts.append(_dumps(call.get("function", call)))
+        c.content(body.get("system"), 2)
         if body.get("tools"):
-            c.texts.append(json.dumps(body["tools"], ensure_ascii=False))
+            c.texts.append(_dumps(body["tools"]))
     else:
-        c.texts.append(json.dumps(body, ensure_ascii=False))
+        c.texts.append(_dumps(body))
     name = "cl100k_base" if anthropic else encoding_for(model)
     tokens = c.fixed + sum(count_text(t, name) for t in c.texts)
     return math.ceil(tokens * CLAUDE_MARGIN) if anthropic else tokens

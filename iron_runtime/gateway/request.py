@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import bad_request
+from ..payload import loads_json
 from . import tables
 from .openai_models import ChatRequest, Message, describe
 
@@ -36,7 +37,8 @@ def translate_request(
     """Translate, or raise a 400 ``RouterError`` naming what cannot be translated.
 
     ``max_output_tokens(model)`` gives the model's maximum output (from the price table),
-    used as ``max_tokens`` when the client sets none.
+    used as ``max_tokens`` when the client sets none. Tool-call arguments (JSON strings the
+    gateway parses) nested deeper than ``payload.MAX_JSON_DEPTH`` are refused like a body.
     """
     for name, why in tables.REFUSED_FIELDS.items():
         if payload.get(name) not in (None, False):
@@ -289,7 +291,15 @@ def _assistant_blocks(m: Message, where: str) -> list[dict[str, Any]]:
                 blocks.append({"type": "text", "text": text})
     for k, call in enumerate(m.tool_calls or []):
         try:
-            args = json.loads(call.function.arguments) if call.function.arguments.strip() else {}
+            args = (
+                loads_json(
+                    call.function.arguments,
+                    f"{where}.tool_calls.{k}.function.arguments",
+                    f"{where}.tool_calls",
+                )
+                if call.function.arguments.strip()
+                else {}
+            )
         except ValueError:
             args = None
         if not isinstance(args, dict):

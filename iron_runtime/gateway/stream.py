@@ -30,6 +30,10 @@ class GatewayStream:
     usage-only chunk when the client asked for ``stream_options.include_usage``, then
     ``data: [DONE]``. An upstream ``error`` event becomes an OpenAI error event and ends the
     stream. State is a few counters: memory does not grow with the answer.
+
+    Anthropic's lines may end with LF, CRLF or CR. What cannot be translated is never
+    dropped silently: an event that is not JSON, too large, or left unfinished when the
+    stream ends becomes an OpenAI error event saying so.
     """
 
     def __init__(self, model: str, include_usage: bool) -> None:
@@ -54,16 +58,28 @@ class GatewayStream:
         if self.finished:
             return b""
         out: list[bytes] = []
+        overflow: SSEError | None = None
         try:
-            for event in self.parser.feed(data):
+            events = self.parser.feed(data)
+        except SSEError as e:
+            events, overflow = e.events, e
+        try:
+            for event in events:
                 out.append(self._event(event.event, event.data))
                 if self.finished:
                     break
-        except (SSEError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             out.append(self._fail("api_error", f"Malformed event from Anthropic: {e}"))
+        if overflow is not None and not self.finished:
+            out.append(self._fail("api_error", f"Malformed event from Anthropic: {overflow}"))
         if not data and not self.finished:
+            held = len(self.parser.pending)
             out.append(
-                self._fail("api_error", "Anthropic's stream ended before the message was complete.")
+                self._fail(
+                    "api_error",
+                    "Anthropic's stream ended before the message was complete"
+                    + (f" ({held} bytes of an unfinished event were left)." if held else "."),
+                )
             )
         return b"".join(out)
 

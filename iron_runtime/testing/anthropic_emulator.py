@@ -12,6 +12,8 @@ answer no call; tool results after other content in a turn; malformed images, to
 What it answers is an echo of the last user text, or what a test scripted with
 ``emu.script(blocks, ...)``: text, ``thinking`` and ``tool_use`` blocks, cut at
 ``max_tokens`` like the real model (one token per word, a tool call counts its JSON).
+Streams end their lines with LF unless ``sse_line_ending`` (``"crlf"``, ``"cr"``) or a
+request's ``x-emulator-sse-line-ending`` header says otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .emulator import Emulator, RecordedRequest, Reply, sse
+from .openai_emulator import sse_line_ending, with_line_endings
 from .script import arguments_for, chosen_tool, count_tokens, reply_words, text_of
 
 _ids = itertools.count(1)
@@ -84,10 +87,12 @@ class AnthropicEmulator(Emulator):
         self.cache_read_tokens = 0
         self.cache_write_tokens = 0
         self.scripts: collections.deque[Scripted] = collections.deque()
+        self.sse_line_ending = "lf"
 
     def reset(self) -> None:
         super().reset()
         self.scripts.clear()
+        self.sse_line_ending = "lf"
         self.cache_read_tokens = self.cache_write_tokens = 0
         self.reply_text = None
 
@@ -120,11 +125,17 @@ class AnthropicEmulator(Emulator):
         if not isinstance(body, dict):
             return _error(400, "Request body must be a JSON object")
         try:
+            ending = sse_line_ending(request, self.sse_line_ending)
+        except ValueError as e:
+            return _error(400, str(e))
+        try:
             validate(body)
         except Invalid as e:
             reply = _error(400, str(e))
         else:
             reply = self._message(body)
+            if reply.events is not None and ending != "lf":
+                reply.events = with_line_endings(reply.events, ending)
         reply.fault = fault
         reply.headers.update(
             {

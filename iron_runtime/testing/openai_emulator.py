@@ -5,12 +5,34 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .emulator import Emulator, RecordedRequest, Reply, sse
 from .script import arguments_for, chosen_tool, count_tokens, reply_words, text_of
 
 _ids = itertools.count(1)
+
+# Line endings the SSE spec allows; an emulator can be told to use any of them.
+SSE_LINE_ENDINGS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+
+
+def with_line_endings(events: Iterable[bytes], ending: str) -> Iterator[bytes]:
+    """The framed SSE events with every line ending written as ``ending`` (``"lf"``,
+    ``"crlf"`` or ``"cr"``). Safe because the events' JSON payloads never hold a raw
+    newline."""
+    eol = SSE_LINE_ENDINGS[ending]
+    for event in events:
+        yield event.replace(b"\n", eol)
+
+
+def sse_line_ending(request: RecordedRequest, default: str) -> str:
+    """The line ending to stream with: the request's ``x-emulator-sse-line-ending`` header
+    (``lf``, ``crlf`` or ``cr``; the router passes it through), else the emulator's own."""
+    ending = request.headers.get("x-emulator-sse-line-ending", default).lower()
+    if ending not in SSE_LINE_ENDINGS:
+        raise ValueError(f"x-emulator-sse-line-ending must be one of {', '.join(SSE_LINE_ENDINGS)}")
+    return ending
 
 
 def _error(
@@ -26,17 +48,22 @@ def _error(
 
 
 class OpenAIEmulator(Emulator):
+    """``sse_line_ending`` (``"lf"``, the default, ``"crlf"`` or ``"cr"``) sets how streamed
+    answers end their lines; a request's ``x-emulator-sse-line-ending`` header overrides it."""
+
     name = "openai"
 
     def __init__(self, api_key: str = "sk-test-openai-0123456789", **kw: Any) -> None:
         super().__init__(api_key, **kw)
         self.reply_text: str | None = None
         self.cached_tokens = 0
+        self.sse_line_ending = "lf"
 
     def reset(self) -> None:
         super().reset()
         self.reply_text = None
         self.cached_tokens = 0
+        self.sse_line_ending = "lf"
 
     def handle(self, request: RecordedRequest) -> Reply:
         path = request.path.partition("?")[0]
@@ -62,7 +89,13 @@ class OpenAIEmulator(Emulator):
             return _error(400, "We could not parse the JSON body of your request.")
         if not isinstance(body, dict):
             return _error(400, "Request body must be a JSON object.")
+        try:
+            ending = sse_line_ending(request, self.sse_line_ending)
+        except ValueError as e:
+            return _error(400, str(e))
         reply = self._chat(body)
+        if reply.events is not None and ending != "lf":
+            reply.events = with_line_endings(reply.events, ending)
         reply.fault = fault
         reply.headers.update(
             {
