@@ -170,7 +170,8 @@ def count_request(body: dict[str, Any], model: str, anthropic: bool) -> int:
                 continue
             c.fixed += MESSAGE_OVERHEAD
             c.content(msg.get("content"), 4)  # body, messages, message, content
-            for call in msg.get("tool_calls") or []:
+            calls = msg.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
                 if isinstance(call, dict):
                     c.texts.append(_dumps(call.get("function", call)))
         c.content(body.get("system"), 2)

@@ -12,11 +12,11 @@ from .response import finish_reason, openai_error, openai_usage
 
 
 def _sse(payload: Any) -> bytes:
-    return (
-        b"data: "
-        + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        + b"\n\n"
-    )
+    try:
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate (echoed model name): keep it escaped
+        data = json.dumps(payload, separators=(",", ":")).encode()
+    return b"data: " + data + b"\n\n"
 
 
 DONE = b"data: [DONE]\n\n"

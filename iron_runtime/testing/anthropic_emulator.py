@@ -394,6 +394,12 @@ def validate(body: dict[str, Any]) -> None:
     for seq in body.get("stop_sequences") or []:
         if not isinstance(seq, str) or not seq.strip():
             raise Invalid("stop_sequences: each stop sequence must contain non-whitespace")
+    for name in ("temperature", "top_p", "top_k"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise Invalid(f"{name}: Input should be a valid number")
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        raise Invalid("stream: Input should be a valid boolean")
     temperature = body.get("temperature")
     if temperature is not None and body.get("top_p") is not None:
         raise Invalid("`temperature` and `top_p` cannot both be specified for this model")

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger("iron_runtime.testing")
 
 REASONS = {
     200: "OK",
@@ -216,7 +219,11 @@ class Emulator:
                 try:
                     if self.latency:
                         await asyncio.sleep(self.latency)
-                    reply = self.handle(req)
+                    try:
+                        reply = self.handle(req)
+                    except Exception as e:  # an emulator bug shows as a 500, never a drop
+                        logger.exception("emulator: handling %s %s failed", method, target)
+                        reply = Reply(500, {"error": {"message": f"emulator bug: {e!r}"}})
                     if "x-emulator-chunk-delay" in headers:  # per-request pacing (benchmarks)
                         reply.chunk_delay = float(headers["x-emulator-chunk-delay"])
                     await self._write(writer, reply)

@@ -47,6 +47,64 @@ def _error(
     )
 
 
+_NUMBER = (int, float)
+# Optional fields of chat.completions and the JSON types the API accepts for them.
+_CHAT_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "max_tokens": (int,),
+    "max_completion_tokens": (int,),
+    "n": (int,),
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "presence_penalty": _NUMBER,
+    "frequency_penalty": _NUMBER,
+    "stream": (bool,),
+    "parallel_tool_calls": (bool,),
+    "stream_options": (dict,),
+    "tools": (list,),
+    "tool_choice": (str, dict),
+    "stop": (str, list),
+    "user": (str,),
+    "metadata": (dict,),
+    "response_format": (dict,),
+    "seed": (int,),
+}
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+def _invalid_chat_field(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(param, message) of the first field OpenAI would refuse for its type, or None."""
+    for name, types in _CHAT_FIELD_TYPES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            expected = " or ".join(t.__name__ for t in types)
+            return (
+                name,
+                f"Invalid type for '{name}': expected {expected}, got {type(value).__name__}.",
+            )
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        if isinstance(body.get(name), int) and body[name] < 1:
+            return name, f"Invalid '{name}': integer below minimum value 1."
+    temperature = body.get("temperature")
+    if isinstance(temperature, _NUMBER) and not 0 <= temperature <= 2:
+        return "temperature", "Invalid 'temperature': must be between 0 and 2."
+    for i, msg in enumerate(body["messages"]):
+        if not isinstance(msg, dict) or msg.get("role") not in _ROLES:
+            return f"messages[{i}]", f"Invalid value for 'messages[{i}].role'."
+        content = msg.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            return f"messages[{i}].content", f"Invalid type for 'messages[{i}].content'."
+        if isinstance(content, list) and not all(isinstance(p, dict) for p in content):
+            return f"messages[{i}].content", f"Invalid content parts in 'messages[{i}]'."
+        calls = msg.get("tool_calls")
+        if calls is not None and not (
+            isinstance(calls, list) and all(isinstance(c, dict) for c in calls)
+        ):
+            return f"messages[{i}].tool_calls", f"Invalid type for 'messages[{i}].tool_calls'."
+    return None
+
+
 class OpenAIEmulator(Emulator):
     """``sse_line_ending`` (``"lf"``, the default, ``"crlf"`` or ``"cr"``) sets how streamed
     answers end their lines; a request's ``x-emulator-sse-line-ending`` header overrides it."""
@@ -113,6 +171,9 @@ class OpenAIEmulator(Emulator):
             return _error(400, "you must provide a model parameter", param="model")
         if not isinstance(messages, list) or not messages:
             return _error(400, "'messages' must be a non-empty array", param="messages")
+        invalid = _invalid_chat_field(body)
+        if invalid is not None:
+            return _error(400, invalid[1], param=invalid[0])
         if body.get("n", 1) != 1:
             return Reply(200, self._completion(model, ["n>1 is not emulated"], None, 1, 1, "stop"))
         prompt = 0
