@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import httpx
 import openai
@@ -535,3 +536,37 @@ def test_gateway_stream_really_streams(oai, anthropic_emu):
     for _ in oai.chat.completions.create(model=MODEL, messages=user("a b c d e f"), stream=True):
         arrivals.append(time.monotonic())
     assert arrivals[0] < anthropic_emu.events_sent[-1] - 1.0
+
+
+def test_tool_call_ids_anthropic_refuses_are_mapped_on_both_sides(oai, anthropic_emu):
+    """Histories from other OpenAI-compatible models or MCP servers carry ids such as
+    ``functions.get_weather:0``; Anthropic accepts only ``^[a-zA-Z0-9_-]+$``."""
+    foreign = ["functions.get_weather:0", "functions.get_weather:1", "call_ok-1"]
+    messages = [
+        {"role": "user", "content": "weather in Paris and Rome?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": i,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "x"}'},
+                }
+                for i in foreign
+            ],
+        },
+        *({"role": "tool", "tool_call_id": i, "content": "Sunny"} for i in foreign),
+    ]
+    answer = oai.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER])
+    assert answer.choices[0].message.content
+    body = sent(anthropic_emu)
+    uses = [b["id"] for b in body["messages"][1]["content"]]
+    results = [b["tool_use_id"] for b in body["messages"][2]["content"]]
+    assert uses == results  # each tool_result still answers its tool_use
+    assert len(set(uses)) == 3  # "…:0" and "…:1" do not collide
+    assert uses[2] == "call_ok-1"  # a valid id passes unchanged
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in uses)
+    # the same history gives the same ids (a conversation is re-sent every turn)
+    oai.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER])
+    assert [b["id"] for b in sent(anthropic_emu)["messages"][1]["content"]] == uses

@@ -4,6 +4,7 @@ any valid OpenAI request translates into a request the strict Anthropic emulator
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -366,3 +367,15 @@ def test_valid_openai_requests_translate_into_requests_anthropic_accepts(request
         pytest.fail(
             f"{e}\nOpenAI: {json.dumps(request)}\nAnthropic: {json.dumps(translation.body)}"
         )
+
+
+def test_tool_ids_are_mapped_deterministically_and_never_collide():
+    from iron_runtime.gateway.request import anthropic_tool_id
+
+    assert anthropic_tool_id("toolu_01Abc-_9") == "toolu_01Abc-_9"
+    ids = ["a.b", "a:b", "a b", "a/b", "", "é", "a.b:0", "a.b:1", "functions.f:0"]
+    mapped = [anthropic_tool_id(i) for i in ids]
+    assert len(set(mapped)) == len(ids)
+    assert mapped == [anthropic_tool_id(i) for i in ids]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", m) and len(m) <= 64 for m in mapped)
+    assert anthropic_tool_id("x" * 500 + ".") != anthropic_tool_id("x" * 501 + ".")

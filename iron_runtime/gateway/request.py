@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -18,6 +19,23 @@ from .openai_models import ChatRequest, Message, describe
 _DATA_URL = re.compile(
     r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)", re.S
 )
+
+
+_ANTHROPIC_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
+_NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def anthropic_tool_id(tool_call_id: str) -> str:
+    """The id Anthropic accepts for an OpenAI tool-call id: valid ids (``^[a-zA-Z0-9_-]+$``)
+    unchanged; any other (``functions.get_weather:0``, produced by several OpenAI-compatible
+    models, MCP servers and restored sessions) mapped deterministically, the same way on the
+    ``tool_use`` and on its ``tool_result``: its readable part, then a hash of the whole id,
+    so two different ids never map to one."""
+    if _ANTHROPIC_TOOL_ID.fullmatch(tool_call_id):
+        return tool_call_id
+    readable = _NOT_ID_CHARS.sub("_", tool_call_id).strip("_")[:40]
+    digest = hashlib.sha256(tool_call_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{readable}_{digest}" if readable else f"call_{digest}"
 
 
 @dataclass(slots=True)
@@ -167,7 +185,10 @@ def _messages(msgs: list[Message]) -> tuple[list[str], list[dict[str, Any]]]:
                 raise bad_request(
                     f"{where}: a tool message needs 'tool_call_id'.", f"{where}.tool_call_id"
                 )
-            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": m.tool_call_id}
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": anthropic_tool_id(m.tool_call_id),
+            }
             text = _text_of(m.content, where)
             if text:
                 result["content"] = text
@@ -309,6 +330,11 @@ def _assistant_blocks(m: Message, where: str) -> list[dict[str, Any]]:
                 f"{where}.tool_calls",
             )
         blocks.append(
-            {"type": "tool_use", "id": call.id, "name": call.function.name, "input": args}
+            {
+                "type": "tool_use",
+                "id": anthropic_tool_id(call.id),
+                "name": call.function.name,
+                "input": args,
+            }
         )
     return blocks

@@ -61,6 +61,7 @@ BLOCK_TYPES = {
 }
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/gif", "image/webp"}
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
 
 
 class Invalid(Exception):
@@ -465,7 +466,11 @@ def _blocks(content: Any, where: str, final: bool) -> list[dict[str, Any]]:
         elif kind == "tool_use":
             if not isinstance(block.get("input"), dict) or not block.get("id"):
                 raise Invalid(f"{at}: tool_use blocks need an id and an object input")
+            if not TOOL_ID.fullmatch(str(block["id"])):
+                raise Invalid(f"{at}.id: String should match pattern '^[a-zA-Z0-9_-]+$'")
         elif kind == "tool_result":
             if not block.get("tool_use_id"):
                 raise Invalid(f"{at}.tool_use_id: Field required")
+            if not TOOL_ID.fullmatch(str(block["tool_use_id"])):
+                raise Invalid(f"{at}.tool_use_id: String should match pattern '^[a-zA-Z0-9_-]+$'")
     return content
