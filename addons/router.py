@@ -7,7 +7,6 @@ import ipaddress
 import logging
 import os
 import time
-import weakref
 
 from mitmproxy import ctx, exceptions, http
 
@@ -15,17 +14,17 @@ from iron_runtime import errors, routing
 from iron_runtime.headers import (
     REQUEST_ID,
     client_response_fields,
-    masked_fields,
     upstream_request_fields,
 )
-from iron_runtime.keys import ProviderKeys, mask_secret
+from iron_runtime.keys import ProviderKeys
 from iron_runtime.payload import model_of, parse_json_body
 from iron_runtime.providers import Provider, default_upstream
 from iron_runtime.upstreams import Upstream
 
-from . import intake
+from . import egress, intake
 from ._glue import answer_error, fail_closed, forget_credentials, meta, scratch
 from .control import control
+from .egress import EGRESS
 from .intake import CONNECT_REFUSED, DEFAULT_BODY_LIMIT, INTAKE, new_request_id
 
 logger = logging.getLogger("iron_runtime")
@@ -54,8 +53,6 @@ class Router:
     def __init__(self) -> None:
         self.token = "direct"
         self.keys = ProviderKeys({})
-        self.masked_keys: dict[str, str] = {}
-        self.carrying_keys: weakref.WeakSet = weakref.WeakSet()  # sent, not yet masked
         self.upstreams = {p: Upstream.parse(default_upstream(p)) for p in Provider}
         self.body_limit = DEFAULT_BODY_LIMIT
 
@@ -91,6 +88,7 @@ class Router:
             "iron_body_limit", int, DEFAULT_BODY_LIMIT, "Largest request body accepted, in bytes."
         )
         intake.install()
+        egress.install()
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -106,7 +104,6 @@ class Router:
                     "anthropic": _secret_option(opts.iron_anthropic_key, "iron_anthropic_key"),
                 },
             )
-            self.masked_keys = {p: mask_secret(k) for p, k in self.keys.as_dict().items()}
         if updated & {"iron_openai_upstream", "iron_anthropic_upstream"}:
             try:
                 self.upstreams = {
@@ -160,13 +157,19 @@ class Router:
         m.setdefault("request_id", new_request_id())
         m.setdefault("started", time.time())
         INTAKE.request_ids[req] = m["request_id"]
+        admin = req.path.startswith(ADMIN_PREFIX)
+        if not admin:
+            # Checked once, here; then the agent's token leaves the flow before any other
+            # addon (mitmweb's intercept, a flow dump) can see it.
+            m["authenticated"] = routing.token_matches(req.headers, self.token)
+            forget_credentials(flow)
         declared = _declared_size(req.headers)
         if declared is not None and declared > self.body_limit:
             err = errors.too_large(declared, self.body_limit)
         elif (
             (declared is None or declared > EARLY_REFUSAL_BYTES)
-            and not req.path.startswith(ADMIN_PREFIX)
-            and not routing.token_matches(req.headers, self.token)
+            and not admin
+            and not m["authenticated"]
         ):
             err = errors.bad_token()
         else:
@@ -201,7 +204,10 @@ class Router:
             m["client_close"] = True
         shape = routing.client_shape(req.path, req.headers)
         m["shape"] = shape.value
-        if not routing.token_matches(req.headers, self.token):
+        authenticated = m.get("authenticated")
+        if authenticated is None:  # a flow that did not come through requestheaders
+            authenticated = routing.token_matches(req.headers, self.token)
+        if not authenticated:
             return answer_error(flow, errors.bad_token())
 
         size = len(req.raw_content or b"")
@@ -273,7 +279,6 @@ class Router:
                     f"{r.provider.value} (model {meta(flow).get('model')!r}).",
                 ),
             )
-        self.masked_keys[key.provider.value] = mask_secret(key.key)
         base = Upstream.parse(key.base_url) if key.base_url else None
         self._forward(flow, r, key.key, base)
 
@@ -292,30 +297,17 @@ class Router:
         req.path = upstream.base_path + r.path
         m["upstream_base_path"] = upstream.base_path
         req.headers.fields = tuple(
-            upstream_request_fields(req.headers.fields, r.provider, key, upstream.netloc)
+            upstream_request_fields(
+                req.headers.fields, r.provider, EGRESS.placeholder(key), upstream.netloc
+            )
         )
         m["upstream"] = upstream.url
-        self.carrying_keys.add(flow)
-
-    def done(self) -> None:
-        # Flows still in flight at shutdown carry the real key; mitmproxy's Save addon (-w)
-        # writes them out in its own done hook, which runs after this one.
-        for flow in list(self.carrying_keys):
-            self._mask(flow)
-
-    def _mask(self, flow: http.HTTPFlow) -> None:
-        masked = self.masked_keys.get(meta(flow).get("provider", ""))
-        if masked:
-            headers = flow.request.headers
-            headers.fields = tuple(masked_fields(headers.fields, masked))
-        self.carrying_keys.discard(flow)
 
     @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         m = flow.metadata.get("iron")
         if m is None or "upstream" not in m or m.get("local_answer"):
             return
-        self._mask(flow)
         resp = flow.response
         resp.headers.fields = tuple(client_response_fields(resp.headers.fields, m["request_id"]))
         if m.get("client_close"):
@@ -330,8 +322,6 @@ class Router:
         m = flow.metadata.get("iron")
         if m is None:
             return
-        if "upstream" in m:
-            self._mask(flow)  # responseheaders does it too; kept for flows loaded from files
         m["status"] = flow.response.status_code
         m["latency_ms"] = round((time.time() - m.get("started", time.time())) * 1000, 1)
 
@@ -340,8 +330,6 @@ class Router:
         m = flow.metadata.get("iron")
         if m is None:
             return
-        if "upstream" in m:
-            self._mask(flow)
         if not m.get("local_answer"):  # a local answer already says what went wrong
             m["error"] = {"message": flow.error.msg if flow.error else "unknown"}
 

@@ -59,21 +59,6 @@ def upstream_request_fields(
     return out
 
 
-def masked_fields(fields: Iterable[tuple[bytes, bytes]], masked: str) -> Fields:
-    """The same headers with the real key replaced, once the request has been sent, so that
-    stored flows (mitmweb, ``-w`` dumps) never hold it."""
-    m = masked.encode()
-    out: Fields = []
-    for name, value in fields:
-        lname = name.lower()
-        if lname == b"authorization":
-            value = b"Bearer " + m
-        elif lname == b"x-api-key":
-            value = m
-        out.append((name, value))
-    return out
-
-
 def client_response_fields(fields: Iterable[tuple[bytes, bytes]], request_id: str) -> Fields:
     """The provider's response headers as returned to the client."""
     out = [(n, v) for n, v in fields if n.lower() not in HOP_BY_HOP]

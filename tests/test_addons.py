@@ -6,10 +6,12 @@ import json
 
 import pytest
 from mitmproxy import exceptions
+from mitmproxy.net.http import http1
 from mitmproxy.test import taddons, tflow, tutils
 
 from iron_runtime.addons import router as router_module
 from iron_runtime.addons.admin import Admin
+from iron_runtime.addons.egress import EGRESS
 from iron_runtime.addons.router import Router
 
 
@@ -48,7 +50,7 @@ def test_an_exception_inside_the_router_answers_500_and_forwards_nothing(monkeyp
         assert flow.request.headers["authorization"] == "Bearer …"
 
 
-def test_routed_request_gets_the_key_and_loses_it_once_sent():
+def test_routed_request_never_holds_the_key_which_goes_on_the_wire_only():
     r = Router()
     with taddons.context(r) as tctx:
         tctx.configure(
@@ -60,21 +62,36 @@ def test_routed_request_gets_the_key_and_loses_it_once_sent():
         r.request(flow)
         assert flow.response is None
         assert flow.request.url == "https://api.example.test:8443/base/v1/chat/completions"
-        assert flow.request.headers["authorization"] == "Bearer sk-real-openai-key-1234"
+        assert flow.request.headers["authorization"] == "Bearer sk-…1234"
+        assert "sk-real-openai-key-1234" not in str(flow.get_state())
         assert flow.metadata["iron"]["provider"] == "openai"
+        wire = EGRESS.on_the_wire(http1.assemble_request_head(flow.request))
+        assert b"\r\nauthorization: Bearer sk-real-openai-key-1234\r\n" in wire
         flow.response = tutils.tresp()
         r.responseheaders(flow)
-        assert "sk-real-openai-key-1234" not in str(flow.request.headers)
         assert flow.response.headers["x-iron-request-id"] == flow.metadata["iron"]["request_id"]
 
 
-def test_failed_upstream_flow_is_masked_too():
+def test_egress_rewrites_only_whole_credential_values_it_issued():
+    ph = EGRESS.placeholder("sk-ant-real-key-987654")
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nx-api-key: %s\r\nuser-agent: %s\r\n"
+        b"authorization: Bearer %s-x\r\n\r\n" % (ph.encode(), ph.encode(), ph.encode())
+    )
+    wire = EGRESS.on_the_wire(head)
+    assert b"x-api-key: sk-ant-real-key-987654\r\n" in wire
+    assert b"user-agent: " + ph.encode() in wire  # other headers are never rewritten
+    assert b"Bearer " + ph.encode() + b"-x" in wire  # nor values that merely contain it
+    assert EGRESS.placeholder("sk-ant-other-key-987654") != ph  # same mask, distinct keys
+
+
+def test_failed_upstream_flow_never_held_the_key():
     r = Router()
     with taddons.context(r) as tctx:
         tctx.configure(r, iron_anthropic_key="sk-ant-real-key-987654")
         flow = _request(path="/v1/messages", body={"model": "claude-haiku-4-5"})
         r.request(flow)
-        assert flow.request.headers["x-api-key"] == "sk-ant-real-key-987654"
+        assert flow.request.headers["x-api-key"] == "sk-…7654"
         flow.error = tflow.terr()
         r.error(flow)
         assert "sk-ant-real-key-987654" not in str(flow.request.headers)
