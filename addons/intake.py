@@ -96,7 +96,6 @@ class Intake:
     def check_head(self, data: bytes) -> tuple[int, str] | None:
         """Why the request head at the start of ``data`` is refused, or None (also while an
         acceptable head is still incomplete)."""
-        data = data.lstrip(b"\r\n")  # empty lines before a request line are ignored
         end = _HEAD_END.search(data, 0, self.max_head_bytes + 3)
         if end is None:
             if len(data) > self.max_head_bytes:
@@ -168,7 +167,7 @@ def _is_head(server: _http1.Http1Server) -> bool:
 def _refuse(server: _http1.Http1Server, status: int, message: str):
     """Answer an error and close: the connection's request cannot be read any further."""
     yield from _answer_and_close(
-        server, INTAKE.error_page(status, message, server.request, _is_head(server))
+        server, INTAKE.error_page(status, message, server.request, _is_head(server)), linger=True
     )
 
 
@@ -211,7 +210,20 @@ _original_make_body_reader = _http1.make_body_reader
 
 def _read_headers(self: _http1.Http1Server, event: events.Event):
     if isinstance(event, events.DataReceived) and self.buf:
-        refusal = INTAKE.check_head(bytes(self.buf))
+        data = bytes(self.buf)
+        head = data.lstrip(b"\r\n")
+        if len(head) < len(data):
+            # Empty lines before a request line are ignored (RFC 9112 §2.2): all of them, at
+            # once, but no more than a head's worth on one connection.
+            self.buf.maybe_extract_at_most(len(data) - len(head))
+            self.iron_blank = getattr(self, "iron_blank", 0) + len(data) - len(head)
+            if self.iron_blank > INTAKE.max_head_bytes:
+                INTAKE.refused += 1
+                yield from _refuse(self, 400, "too many empty lines before the request line")
+                return
+            if not head:
+                return
+        refusal = INTAKE.check_head(head)
         if refusal is not None:
             INTAKE.refused += 1
             logger.info("iron_runtime: refused a request head: %s", refusal[1])
@@ -226,6 +238,24 @@ def _read_body(self: _http1.Http1Connection, event: events.Event):
     if not isinstance(self, _http1.Http1Server):
         yield from _original_read_body(self, event)
         return
+    yield from _read_request_body(self, event)
+    if (
+        isinstance(event, events.DataReceived)
+        and not getattr(self, "iron_closed", False)
+        and len(self.buf) > INTAKE.max_head_bytes
+        and self.state == self.read_body
+    ):
+        # Bytes the body reader holds without consuming them: a chunk-size line, a chunk
+        # extension or a trailer section that does not end. Data never piles up here.
+        yield from _refuse(self, 400, "a chunk line or trailer section of the body is too long")
+        yield ReceiveHttp(
+            RequestProtocolError(
+                self.stream_id, "chunk framing too long", ErrorCode.GENERIC_CLIENT_ERROR
+            )
+        )
+
+
+def _read_request_body(self: _http1.Http1Server, event: events.Event):
     for command in _original_read_body(self, event):
         if isinstance(command, ReceiveHttp) and isinstance(command.event, RequestData):
             self.iron_body_bytes = getattr(self, "iron_body_bytes", 0) + len(command.event.data)
@@ -241,7 +271,7 @@ def _read_body(self: _http1.Http1Connection, event: events.Event):
             if isinstance(event, events.DataReceived):
                 # h11 could not read the body (malformed chunked framing): say so.
                 page = INTAKE.error_page(400, "malformed request body framing", self.request)
-                yield from _answer_and_close(self, page)
+                yield from _answer_and_close(self, page, linger=True)
                 continue
             self.iron_closed = True  # the client left in the middle of its body
         yield command

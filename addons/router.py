@@ -288,11 +288,14 @@ class Router:
         req = flow.request
         m = meta(flow)
         upstream = upstream or self.upstreams[r.provider]
-        # Set on .data: the public setters would rewrite the Host header three times.
-        req.data.scheme, req.data.host, req.data.port = (
+        # Set on .data: the public setters would rewrite the Host header three times. The
+        # authority goes: a client's absolute-form target (``POST http://elsewhere/...``)
+        # must not reach the provider, whose front end could route on it, key and all.
+        req.data.scheme, req.data.host, req.data.port, req.data.authority = (
             upstream.scheme.encode(),
             upstream.host,
             upstream.port,
+            b"",
         )
         req.path = upstream.base_path + r.path
         m["upstream_base_path"] = upstream.base_path

@@ -398,3 +398,49 @@ def test_property_no_spelling_of_chat_completions_escapes_the_reservation(
     assert status in (402, 400, 404), (path, answer[:300])
     if status != 402:
         assert not any(r.path.endswith("/chat/completions") for r in openai_emu.requests), path
+
+
+def test_absolute_form_target_never_reaches_the_provider(router, openai_emu):
+    raw = post("/v1/chat/completions", router.api_key).replace(
+        b"POST /v1/chat/completions", b"POST http://attacker.example:8443/v1/chat/completions"
+    )
+    answer = exchange(router.port, raw)
+    assert status_of(answer) == 200
+    (seen,) = openai_emu.requests
+    assert seen.path == "/v1/chat/completions"
+    assert "attacker" not in json.dumps(seen.headers)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"2\r\n{}\r\n0\r\n" + b"X-Trailer: aaaa\r\n" * 8000,  # a trailer section that never ends
+        b"2;ext=" + b"a" * 200_000,  # a chunk extension that never ends
+        b"0" * 200_000,  # a chunk-size line that never ends
+    ],
+)
+def test_chunk_framing_that_never_ends_is_refused_not_buffered(router, openai_emu, tail):
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" % router.api_key.encode()
+    )
+    answer = exchange(router.port, head + tail)
+    assert status_of(answer) == 400
+    assert b"too long" in answer
+    assert not openai_emu.requests
+
+
+def test_empty_lines_before_a_request_are_skipped_at_once_and_bounded(router):
+    for lead in (b"\r\n", b"\r\n\r\n\r\n", b"\n"):
+        answer = exchange(
+            router.port, lead + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert answer.endswith(b"LlmRouter OK"), lead
+    two = (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert exchange(router.port, two).count(b"LlmRouter OK") == 2
+    flood = exchange(router.port, b"\r\n" * 40_000)
+    assert status_of(flood) == 400
+    assert b"empty lines" in flood
