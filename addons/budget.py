@@ -23,6 +23,8 @@ from iron_runtime.cost import (
     Usage,
     choices,
     cost_micros,
+    embedding_input_tokens,
+    is_embeddings,
     requested_max_output,
     summary_comment,
     usage_from,
@@ -143,15 +145,19 @@ class Budget:
             m["cost_known"] = False
             return None
         anthropic = m.get("provider") == "anthropic"
+        embeddings = is_embeddings(m.get("path", ""))
         if len(flow.request.raw_content or b"") > INLINE_COUNT_BYTES:
-            return self._reserve_later(flow, body, model, price, anthropic)
-        self._reserve(flow, count_request(body, model, anthropic), body, model, price)
+            return self._reserve_later(flow, body, model, price, anthropic, embeddings)
+        tokens = request_input_tokens(body, model, anthropic, embeddings)
+        self._reserve(flow, tokens, body, model, price, embeddings)
         return None
 
-    async def _reserve_later(self, flow, body, model, price, anthropic) -> None:
+    async def _reserve_later(self, flow, body, model, price, anthropic, embeddings) -> None:
         try:
-            tokens = await asyncio.to_thread(count_request, body, model, anthropic)
-            self._reserve(flow, tokens, body, model, price)
+            tokens = await asyncio.to_thread(
+                request_input_tokens, body, model, anthropic, embeddings
+            )
+            self._reserve(flow, tokens, body, model, price, embeddings)
         except Exception:
             logger.exception("iron_runtime: budget reservation failed")
             answer_error(
@@ -162,11 +168,20 @@ class Budget:
             )
 
     def _reserve(
-        self, flow: http.HTTPFlow, input_tokens: int, body: dict, model: str, price: ModelPrice
+        self,
+        flow: http.HTTPFlow,
+        input_tokens: int,
+        body: dict,
+        model: str,
+        price: ModelPrice,
+        embeddings: bool = False,
     ) -> None:
         m = meta(flow)
-        max_out = requested_max_output(body) or price.max_output_tokens or DEFAULT_MAX_OUTPUT
-        max_out *= choices(body)
+        if embeddings:
+            max_out = 0  # an embedding is billed for its input only
+        else:
+            max_out = requested_max_output(body) or price.max_output_tokens or DEFAULT_MAX_OUTPUT
+            max_out *= choices(body)
         amount = worst_case_micros(price, input_tokens, max_out)
         try:
             reservation = self.ledger.reserve(
@@ -325,6 +340,14 @@ class Budget:
         if granted is not None:
             limit = granted if limit is None else min(limit, granted)
         self.ledger.set_limit(limit)
+
+
+def request_input_tokens(body: dict, model: str, anthropic: bool, embeddings: bool) -> int:
+    """The input tokens a request is reserved for: an embeddings request's inputs (strings
+    counted, token ids as given), else its prompt as the provider's tokenizer sees it."""
+    if embeddings:
+        return embedding_input_tokens(body, model)
+    return count_request(body, model, anthropic)
 
 
 def _load_vocabularies() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from .pricing import ModelPrice
+from .tokens import count_text, encoding_for
 
 # -- usage -----------------------------------------------------------------------------------
 
@@ -101,6 +103,39 @@ def requested_max_output(body: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def is_embeddings(path: str) -> bool:
+    """``/v1/embeddings`` (the routed path, query aside): billed for its input only."""
+    return path.partition("?")[0].rstrip("/") == "/v1/embeddings"
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def embedding_input_tokens(body: dict[str, Any], model: str) -> int:
+    """The input tokens an embeddings request is billed for (its ``usage.prompt_tokens``),
+    never fewer: a string, or each string of a list, counted with the model's encoding
+    (what OpenAI counts); token ids (a list of integers, or a list of such lists) one each,
+    as given. Anything else counts as its JSON text, which is more than it can be billed."""
+    name = encoding_for(model)
+    value = body.get("input")
+    if isinstance(value, str):
+        return count_text(value, name)
+    if not isinstance(value, list):
+        return count_text(json.dumps(value), name)
+    total = 0
+    for item in value:
+        if isinstance(item, str):
+            total += count_text(item, name)
+        elif _is_token_id(item):
+            total += 1
+        elif isinstance(item, list):
+            total += sum(1 if _is_token_id(t) else count_text(json.dumps(t), name) for t in item)
+        else:
+            total += count_text(json.dumps(item), name)
+    return total
 
 
 def choices(body: dict[str, Any]) -> int:

@@ -1,9 +1,14 @@
-"""Emulator of the OpenAI API: ``/v1/chat/completions`` (JSON and SSE), ``/v1/models``."""
+"""Emulator of the OpenAI API: ``/v1/chat/completions`` (JSON and SSE), ``/v1/embeddings``,
+``/v1/models``."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
+import math
+import struct
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -138,7 +143,7 @@ class OpenAIEmulator(Emulator):
                     ],
                 },
             )
-        if path != "/v1/chat/completions" or request.method != "POST":
+        if path not in ("/v1/chat/completions", "/v1/embeddings") or request.method != "POST":
             return _error(404, f"Unknown request URL: {request.method} {path}.", code="unknown_url")
         fault = self.next_fault()
         try:
@@ -147,13 +152,16 @@ class OpenAIEmulator(Emulator):
             return _error(400, "We could not parse the JSON body of your request.")
         if not isinstance(body, dict):
             return _error(400, "Request body must be a JSON object.")
-        try:
-            ending = sse_line_ending(request, self.sse_line_ending)
-        except ValueError as e:
-            return _error(400, str(e))
-        reply = self._chat(body)
-        if reply.events is not None and ending != "lf":
-            reply.events = with_line_endings(reply.events, ending)
+        if path == "/v1/embeddings":
+            reply = self._embeddings(body)
+        else:
+            try:
+                ending = sse_line_ending(request, self.sse_line_ending)
+            except ValueError as e:
+                return _error(400, str(e))
+            reply = self._chat(body)
+            if reply.events is not None and ending != "lf":
+                reply.events = with_line_endings(reply.events, ending)
         reply.fault = fault
         reply.headers.update(
             {
@@ -220,6 +228,48 @@ class OpenAIEmulator(Emulator):
                 events=self._stream(model, words, call, prompt, completion, finish, include_usage),
             )
         return Reply(200, self._completion(model, words, call, prompt, completion, finish))
+
+    def _embeddings(self, body: dict[str, Any]) -> Reply:
+        """One vector per input, derived from its text; ``usage.prompt_tokens`` is the
+        emulator's count: a word per token for text, one per token id."""
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(400, "you must provide a model parameter", param="model")
+        inputs = _embedding_inputs(body.get("input"))
+        if inputs is None:
+            return _error(
+                400,
+                "'input' must be a non-empty string, an array of up to 2048 non-empty strings, "
+                "an array of token ids, or an array of such arrays.",
+                param="input",
+            )
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            return _error(
+                400, "'encoding_format' must be 'float' or 'base64'.", param="encoding_format"
+            )
+        dimensions = body.get("dimensions", 3072 if model.endswith("-large") else 1536)
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+            return _error(400, "'dimensions' must be a positive integer.", param="dimensions")
+        data, tokens = [], 0
+        for i, item in enumerate(inputs):
+            tokens += count_tokens(item) if isinstance(item, str) else len(item)
+            vector = _vector(json.dumps(item), dimensions)
+            if fmt == "base64":
+                packed = struct.pack(f"<{dimensions}f", *vector)
+                embedding: Any = base64.b64encode(packed).decode()
+            else:
+                embedding = vector
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        return Reply(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+        )
 
     def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
         return {
@@ -326,3 +376,32 @@ class OpenAIEmulator(Emulator):
         if include_usage:
             yield sse({**base, "choices": [], "usage": self._usage(prompt, completion)})
         yield sse("[DONE]")
+
+
+def _is_token_ids(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value)
+    )
+
+
+def _embedding_inputs(value: Any) -> list[str | list[int]] | None:
+    """The inputs of an embeddings request, one per vector, or None when OpenAI refuses it."""
+    if isinstance(value, str):
+        return [value] if value else None
+    if _is_token_ids(value):
+        return [value]
+    if not isinstance(value, list) or not value or len(value) > 2048:
+        return None
+    if all(isinstance(v, str) and v for v in value) or all(_is_token_ids(v) for v in value):
+        return value
+    return None
+
+
+def _vector(text: str, dimensions: int) -> list[float]:
+    """A unit vector that depends only on ``text``."""
+    seed = hashlib.sha256(text.encode()).digest()
+    raw = [seed[i % len(seed)] - 127.5 + i % 7 for i in range(dimensions)]
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
