@@ -31,6 +31,7 @@ import itertools
 import logging
 import re
 import secrets
+import time
 import weakref
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ logger = logging.getLogger("iron_runtime")
 DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
+HEAD_DEADLINE_S = 10.0
 
 _HEAD_END = re.compile(rb"\n\r?\n")
 # RFC 9112 §3: method SP request-target SP HTTP-version, nothing else.
@@ -87,6 +89,7 @@ class Intake:
     body_limit: int = DEFAULT_BODY_LIMIT
     max_head_bytes: int = MAX_HEAD_BYTES
     max_headers: int = MAX_HEADERS
+    head_deadline_s: float = HEAD_DEADLINE_S
     refused: int = 0  # connections refused before a request existed
     # Request ids of live requests, for the pages the proxy core writes (502, 413, ...).
     request_ids: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
@@ -129,6 +132,8 @@ class Intake:
             type_, text = "invalid_request_error", f"Request body too large: {message}"
         elif status == 431:
             type_, text = "invalid_request_error", f"Request header fields too large: {message}"
+        elif status == 408:
+            type_, text = "invalid_request_error", f"Request timeout: {message}"
         elif status == 405:
             type_, text = "invalid_request_error", message
         else:
@@ -223,6 +228,16 @@ def _read_headers(self: _http1.Http1Server, event: events.Event):
                 return
             if not head:
                 return
+        started = getattr(self, "iron_head_started", None)
+        now = time.monotonic()
+        if started is None:
+            self.iron_head_started = now
+        elif now - started > INTAKE.head_deadline_s:
+            # a head trickling in byte by byte holds a connection (and a file descriptor)
+            INTAKE.refused += 1
+            limit = INTAKE.head_deadline_s
+            yield from _refuse(self, 408, f"the request head took longer than {limit:g} s")
+            return
         refusal = INTAKE.check_head(head)
         if refusal is not None:
             INTAKE.refused += 1
@@ -232,6 +247,8 @@ def _read_headers(self: _http1.Http1Server, event: events.Event):
     self.iron_body_bytes = 0
     self.iron_closed = False
     yield from _original_read_headers(self, event)
+    if self.state != self.read_headers:
+        self.iron_head_started = None  # the head is complete: the next one has its own time
 
 
 def _read_body(self: _http1.Http1Connection, event: events.Event):

@@ -444,3 +444,31 @@ def test_empty_lines_before_a_request_are_skipped_at_once_and_bounded(router):
     flood = exchange(router.port, b"\r\n" * 40_000)
     assert status_of(flood) == 400
     assert b"empty lines" in flood
+
+
+def test_a_head_trickling_in_is_cut_off_after_the_head_deadline(router):
+    head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    answer = b""
+    with socket.create_connection(("127.0.0.1", router.port), timeout=5) as s:
+        deadline = time.monotonic() + 20
+        for byte in head:
+            if time.monotonic() > deadline:
+                break
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.25)
+            s.setblocking(False)
+            try:
+                answer += s.recv(65536)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            finally:
+                s.setblocking(True)
+            if answer:
+                break
+    assert status_of(answer) == 408
+    assert b"longer than 10 s" in answer
