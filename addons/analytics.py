@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -25,6 +26,7 @@ logger = logging.getLogger("iron_runtime")
 
 OUTBOX_FILE = "analytics.sqlite3"
 COMMIT_WAIT = 2.0  # seconds a response waits for its event's commit at most
+MAX_SECONDS = 365 * 86_400  # the longest sync interval or flush deadline accepted
 
 
 class Analytics:
@@ -34,6 +36,8 @@ class Analytics:
         self.sync: SyncWorker | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.answered_before_commit = 0  # responses that went ahead of their event's commit
+        self.sync_interval = 5.0  # seconds, from iron_sync_interval
+        self.flush_deadline = 3.0  # seconds, from iron_flush_deadline
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -43,17 +47,23 @@ class Analytics:
             "Folder of the analytics outbox (default: $IRON_STATE_DIR or "
             "~/.local/state/iron-runtime).",
         )
-        loader.add_option("iron_sync_interval", float, 5.0, "Seconds between analytics syncs.")
+        # Seconds are str options: mitmdump's --set and mitmweb's options page parse only
+        # str, int, bool and sequences. They are read and checked here.
+        loader.add_option("iron_sync_interval", str, "5", "Seconds between analytics syncs.")
         loader.add_option(
             "iron_flush_deadline",
-            float,
-            3.0,
+            str,
+            "3",
             "Seconds allowed to send pending analytics when stopping.",
         )
 
     def configure(self, updated: set[str]) -> None:
-        if "iron_sync_interval" in updated and ctx.options.iron_sync_interval <= 0:
-            raise exceptions.OptionsError("iron_sync_interval must be positive")
+        if "iron_sync_interval" in updated:
+            self.sync_interval = _seconds("iron_sync_interval", positive=True)
+            if self.sync is not None:
+                self.sync.interval = self.sync_interval
+        if "iron_flush_deadline" in updated:
+            self.flush_deadline = _seconds("iron_flush_deadline", positive=False)
         if "iron_state_dir" in updated and self.outbox is None:
             folder = Path(ctx.options.iron_state_dir or default_state_dir())
             try:
@@ -86,14 +96,14 @@ class Analytics:
                 self.outbox,
                 ctx.options.iron_server_url,
                 ctx.options.iron_token,
-                interval=ctx.options.iron_sync_interval,
+                interval=self.sync_interval,
             ).start()
 
     def done(self) -> None:
         if self.writer is not None:
             self.writer.close()
         if self.sync is not None:
-            if not self.sync.stop(ctx.options.iron_flush_deadline):
+            if not self.sync.stop(self.flush_deadline):
                 logger.warning(
                     "iron_runtime: analytics not all sent before the deadline; "
                     "the next router on this state_dir sends them"
@@ -165,6 +175,21 @@ class Analytics:
                 "answered_before_commit": self.answered_before_commit,
             }
         return data
+
+
+def _seconds(name: str, positive: bool) -> float:
+    """A duration option: a number of seconds, > 0 (``positive``) or >= 0, up to a year."""
+    raw = getattr(ctx.options, name).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (0 <= value <= MAX_SECONDS) or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise exceptions.OptionsError(
+            f"{name} must be a number of seconds {bound} and <= {MAX_SECONDS}, got {raw!r}"
+        )
+    return value
 
 
 def build_event(flow: http.HTTPFlow, m: dict):

@@ -120,17 +120,8 @@ class Budget:
                 return answer_error(flow, unpriced(model or "(none given)", model_less=True))
             return None  # listing models and other reads cost nothing
         ctl = control()
-        if ctl is not None and ctl.lease_wanted and ctl.leases and ctl.leases.lease is None:
-            return answer_error(
-                flow,
-                errors.RouterError(
-                    503,
-                    "iron_cage_budget_unavailable",
-                    "budget_unavailable",
-                    f"No budget lease from the Iron Cage server yet: {ctl.lease_error} The router "
-                    "keeps retrying.",
-                ),
-            )
+        if ctl is not None and ctl.lease_pending():
+            return self._after_lease(flow, ctl)
         price = price_table().lookup(model)
         if price is None or not price.priced:
             if self.ledger.limit is not None:
@@ -200,6 +191,15 @@ class Budget:
             flow.request.headers["accept-encoding"] = "identity"  # the meter reads the stream
             if m.get("provider") == "openai" and not m.get("translated"):
                 self._ask_for_stream_usage(flow, body)
+
+    async def _after_lease(self, flow: http.HTTPFlow, ctl) -> None:
+        """A request that needs the server's lease waits for a handshake in flight (bounded),
+        then goes on; without a lease after that, 503 with the reason."""
+        if not await ctl.wait_for_lease():
+            return answer_error(flow, ctl.lease_unavailable())
+        pending = self.request(flow)
+        if pending is not None:
+            await pending
 
     @staticmethod
     def _ask_for_stream_usage(flow: http.HTTPFlow, body: dict) -> None:

@@ -1,14 +1,19 @@
 """Control addon: the router's side of the Iron Cage control server, when ``iron_server_url``
 is set: the agent's provider key (server mode) and the budget lease (SPEC §6-7).
 
-At start it fetches the key (to learn the provider) and asks for a lease; when the server
-cannot be reached it keeps retrying with back-off while requests that need the missing piece
-get 503 with the reason. Reports and refreshes run on a worker thread; the lease goes back on
-stop with what was spent.
+At start a worker thread fetches the key (to learn the provider) and asks for a lease.
+``LlmRouter`` reports itself ready once that first attempt has ended, in success or failure,
+or after ``STARTUP_WAIT`` seconds. A request that needs the lease while a handshake is in
+flight waits for it (at most ``LEASE_WAIT`` seconds); when the server cannot be reached the
+worker keeps retrying with back-off, and requests that need the missing piece get 503 with
+the reason meanwhile. Reports and refreshes run on the same worker thread; the lease goes
+back on stop with what was spent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -21,6 +26,25 @@ from iron_runtime.errors import RouterError
 logger = logging.getLogger("iron_runtime")
 
 REFRESH_BELOW = 0.10  # ask for more when less than 10 % of the lease is left
+SERVER_TIMEOUT = 10.0  # seconds one call to the control server may take
+STARTUP_WAIT = 5.0  # seconds start-up waits at most for the first key fetch and handshake
+LEASE_WAIT = SERVER_TIMEOUT  # seconds a request waits at most for a handshake in flight
+
+
+def _running_future() -> concurrent.futures.Future:
+    """A future only its owner resolves (waiters cannot cancel it for one another)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
+    return future
+
+
+async def _wait(future: concurrent.futures.Future, timeout: float) -> bool:
+    """Wait on the event loop for a thread's future, at most ``timeout`` s; True if it ended."""
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 class Control:
@@ -30,6 +54,10 @@ class Control:
         self.leases: LeaseClient | None = None
         self.provider = "unknown"
         self.lease_error: str | None = None
+        # resolved once the first key fetch and lease handshake have ended, either way
+        self.started = _running_future()
+        self._attempt: concurrent.futures.Future | None = None  # the handshake in flight
+        self._leased = False  # a lease is in hand and its grant is the budget's limit
         self._jobs: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self._refreshing = False
@@ -63,41 +91,63 @@ class Control:
     def running(self) -> None:
         url = ctx.options.iron_server_url
         if not url:
+            self.started.set_result(None)
             return
-        self.server = ControlServer(url, ctx.options.iron_token, timeout=10)
+        self.server = ControlServer(url, ctx.options.iron_token, timeout=SERVER_TIMEOUT)
         if ctx.options.iron_server_keys:
             self.keys = KeyCache(self.server, ttl=ctx.options.iron_cache_ttl)
-            try:
-                self.server.timeout = 3  # start-up must not hang on a slow server
-                self.provider = self.keys.fetch_blocking().provider.value
-            except RouterError as e:
-                logger.warning("iron_runtime: provider key not available at start: %s", e.message)
-            finally:
-                self.server.timeout = 10
         if ctx.options.iron_lease:
             self.leases = LeaseClient(self.server)
             self.lease_error = "The budget lease has not been granted yet."
+            # in flight from now on: a request arriving before the worker runs waits for it
+            self._attempt = _running_future()
         self._worker = threading.Thread(target=self._work, name="iron-control", daemon=True)
         self._worker.start()
 
-    # -- the worker: handshake with back-off, then reports and refreshes -----------------
+    async def ready(self, timeout: float = STARTUP_WAIT) -> None:
+        """Wait until the first key fetch and lease handshake have ended (or ``timeout``)."""
+        if not await _wait(self.started, timeout):
+            logger.warning(
+                "iron_runtime: the control server has not answered within %g s; "
+                "requests wait for it or get 503 with the reason",
+                timeout,
+            )
+
+    # -- the budget gate ---------------------------------------------------------------------
+
+    def lease_pending(self) -> bool:
+        """True while requests that spend need a lease that is not in hand."""
+        return self.lease_wanted and not self._leased
+
+    async def wait_for_lease(self, timeout: float = LEASE_WAIT) -> bool:
+        """Wait for the handshake in flight, if there is one (at most ``timeout`` s); True once
+        the lease is in hand. Between retries nothing is in flight: False at once."""
+        attempt = self._attempt
+        if attempt is not None and self.lease_pending():
+            await _wait(attempt, timeout)
+        return not self.lease_pending()
+
+    def lease_unavailable(self) -> RouterError:
+        """The 503 for a request that needs the lease while the server has not granted one."""
+        return RouterError(
+            503,
+            "iron_cage_budget_unavailable",
+            "budget_unavailable",
+            f"No budget lease from the Iron Cage server yet: {self.lease_error} The router "
+            "keeps retrying.",
+        )
+
+    # -- the worker: first key and handshake with back-off, then reports and refreshes ------
 
     def _work(self) -> None:
-        delay = 0.5
-        while self.leases is not None and self.leases.lease is None:
-            try:
-                if self.keys is not None and self.keys.key is None:
-                    self.provider = self.keys.fetch_blocking().provider.value
-                provider = self.provider if self.provider != "unknown" else "openai"
-                lease = self.leases.handshake(provider)
-                self.lease_error = None
-                self._budget().ledger.set_limit(lease.granted)
-                logger.info("iron_runtime: budget lease %s granted", lease.lease_id)
-            except Exception as e:  # an unreadable answer must not end the retries
-                self.lease_error = e.message if isinstance(e, RouterError) else repr(e)
-                if self._stop.wait(delay):
-                    return
-                delay = min(delay * 2, 30.0)
+        try:
+            if self.leases is not None:
+                self._take_lease()
+            elif self.keys is not None:
+                self._fetch_key()
+        finally:
+            if not self.started.done():
+                self.started.set_result(None)
         while not self._stop.is_set():
             try:
                 job = self._jobs.get(timeout=0.5)
@@ -109,6 +159,48 @@ class Control:
                 logger.warning("iron_runtime: control server: %s", e.message)
             except Exception:
                 logger.exception("iron_runtime: control server job failed")
+
+    def _fetch_key(self) -> None:
+        assert self.keys is not None
+        try:
+            self.provider = self.keys.fetch_shared().provider.value
+        except RouterError as e:
+            logger.warning("iron_runtime: provider key not available at start: %s", e.message)
+
+    def _take_lease(self) -> None:
+        """Handshake until a lease is granted or the router stops; ``started`` is resolved
+        after the first attempt."""
+        delay = 0.5
+        while not self._stop.is_set():
+            granted = self._handshake()
+            if not self.started.done():
+                self.started.set_result(None)
+            if granted or self._stop.wait(delay):
+                return
+            delay = min(delay * 2, 30.0)
+
+    def _handshake(self) -> bool:
+        assert self.leases is not None
+        attempt = self._attempt or _running_future()
+        self._attempt = attempt
+        try:
+            if self.keys is not None and self.keys.key is None:
+                self.provider = self.keys.fetch_shared().provider.value
+            provider = self.provider if self.provider != "unknown" else "openai"
+            lease = self.leases.handshake(provider)
+            self._budget().ledger.set_limit(lease.granted)
+            self._leased = True
+            self.lease_error = None
+            logger.info("iron_runtime: budget lease %s granted", lease.lease_id)
+            return True
+        except Exception as e:  # an unreadable answer must not end the retries
+            self.lease_error = e.message if isinstance(e, RouterError) else repr(e)
+            if not self.started.done():
+                logger.warning("iron_runtime: no budget lease at start: %s", self.lease_error)
+            return False
+        finally:
+            self._attempt = None
+            attempt.set_result(None)  # wakes the requests waiting for this handshake
 
     def _budget(self):
         return ctx.master.addons.get("budget")
@@ -152,6 +244,7 @@ class Control:
         if self.server is not None:
             self.server.timeout = 2  # stopping must not hang on a slow server
         if self.leases is not None and self.leases.lease is not None:
+            self._leased = False
             # pending reports are dropped: the return below carries the total spent
             spent = self._budget().ledger.status()[0]
             try:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -131,8 +133,9 @@ def fetch_provider_key(server: ControlServer) -> ProviderKey:
 class KeyCache:
     """The agent's provider key, fetched once per ``ttl`` seconds.
 
-    Concurrent requests share one fetch. When a refresh fails, the cached key keeps serving
-    for ``grace`` more seconds; after that, requests get the fetch's error.
+    Concurrent callers share one fetch, whether they wait on the event loop (requests) or on
+    a thread (the router's start-up). When a refresh fails, the cached key keeps serving for
+    ``grace`` more seconds; after that, requests get the fetch's error.
     """
 
     def __init__(self, server: ControlServer, ttl: float, grace: float = 300.0) -> None:
@@ -142,7 +145,8 @@ class KeyCache:
         self.key: ProviderKey | None = None
         self.fetched_at = 0.0
         self.fetches = 0
-        self._inflight: asyncio.Future | None = None
+        self._lock = threading.Lock()
+        self._inflight: concurrent.futures.Future | None = None
 
     def fresh(self) -> ProviderKey | None:
         if self.key is not None and time.monotonic() - self.fetched_at < self.ttl:
@@ -155,14 +159,34 @@ class KeyCache:
         self.key, self.fetched_at = key, time.monotonic()
         return key
 
+    def _shared_fetch(self) -> concurrent.futures.Future:
+        """The fetch in flight, or a new one on a thread of its own."""
+        with self._lock:
+            if self._inflight is None or self._inflight.done():
+                future: concurrent.futures.Future = concurrent.futures.Future()
+                future.set_running_or_notify_cancel()  # no waiter can cancel it for the others
+                self._inflight = future
+                threading.Thread(
+                    target=self._run_fetch, args=(future,), name="iron-key-fetch", daemon=True
+                ).start()
+            return self._inflight
+
+    def _run_fetch(self, future: concurrent.futures.Future) -> None:
+        try:
+            future.set_result(self.fetch_blocking())
+        except BaseException as e:  # handed to every waiter
+            future.set_exception(e)
+
+    def fetch_shared(self) -> ProviderKey:
+        """Blocking: a new key, from the fetch in flight if there is one."""
+        return self._shared_fetch().result()
+
     async def get(self) -> ProviderKey:
         key = self.fresh()
         if key is not None:
             return key
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.fetch_blocking))
         try:
-            return await asyncio.shield(self._inflight)
+            return await asyncio.wrap_future(self._shared_fetch())
         except RouterError:
             stale = self.key
             if stale is not None and time.monotonic() - self.fetched_at < self.ttl + self.grace:

@@ -124,6 +124,11 @@ class LlmRouter:
 
     Point an OpenAI SDK at ``base_url`` and an Anthropic SDK at ``base_url`` too, both with
     ``api_key=router.api_key``; the router injects the real provider key.
+
+    With a ``server_url``, the constructor returns once the first provider-key fetch and budget
+    handshake have succeeded or failed, as the original's did, and at most 5 s after the proxy
+    listens when the server does not answer (``STARTUP_WAIT``); a request that needs the lease
+    while that handshake is still in flight waits for it.
     """
 
     def __init__(
@@ -150,6 +155,8 @@ class LlmRouter:
             usd_to_micros(budget)  # ValueError for a negative or non-numeric budget
         if cache_ttl_seconds < 0:
             raise ValueError("cache_ttl_seconds must be >= 0")
+        if not float(sync_interval) > 0:
+            raise ValueError(f"sync_interval must be positive, got {sync_interval}")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {port}")
         self._api_key = api_key if api_key is not None else "direct"
@@ -189,7 +196,7 @@ class LlmRouter:
             "iron_budget": "" if budget is None else repr(float(budget)),
             "iron_pricing": str(pricing) if pricing else "",
             "iron_state_dir": str(self._state_dir),
-            "iron_sync_interval": float(sync_interval),
+            "iron_sync_interval": repr(float(sync_interval)),  # a str option (mitmdump --set)
         }
         if self._server_url:
             options["iron_server_url"] = self._server_url

@@ -2,7 +2,9 @@
 
 Protocol with the launcher: the launcher writes one JSON line on stdin with the mitmproxy
 options (secrets included, so they never show in ``ps``), then keeps stdin open. This
-process answers one JSON line on stdout, ``{"port": N}`` once it listens or ``{"error": ...}``.
+process answers one JSON line on stdout, ``{"port": N}`` once it listens (and, with a
+control server, once the first key fetch and lease handshake have ended, at most
+``STARTUP_WAIT`` seconds later) or ``{"error": ...}``.
 It shuts down cleanly when stdin reaches end of file, which happens when the launcher calls
 ``stop()`` and also when the launcher's process dies for any reason.
 
@@ -25,7 +27,8 @@ logger = logging.getLogger("iron_runtime")
 
 
 class Lifecycle:
-    """Reports the bound port to the launcher and stops the proxy when the launcher goes."""
+    """Reports the bound port to the launcher once the router is ready, and stops the proxy
+    when the launcher goes."""
 
     def __init__(self, master: Any, proxyserver: Any, out: Any) -> None:
         self.master = master
@@ -37,13 +40,17 @@ class Lifecycle:
         self.out.write(json.dumps(message) + "\n")
         self.out.flush()
 
-    def running(self) -> None:
+    async def running(self) -> None:
         addrs = self.proxyserver.listen_addrs()
         if not addrs:
             self._say({"error": "mitmproxy did not bind its listening socket (see its log above)"})
             self.master.shutdown()
             return
         ctl = self.master.addons.get("control")
+        if ctl is not None:
+            # With a control server: ready once the first key fetch and lease handshake have
+            # ended (bounded), so that the first request never meets a lease still on its way.
+            await ctl.ready()
         provider = ctl.provider if ctl is not None else "unknown"
         self._say({"port": addrs[0][1], "pid": os.getpid(), "provider": provider})
         loop = asyncio.get_running_loop()

@@ -154,3 +154,20 @@ def test_demo_completes_within_a_minute(tmp_path):
     assert time.monotonic() - t0 < 60
     assert "tool call #0: get_weather" in out.stdout
     assert "AuthenticationError: 401" in out.stdout
+
+
+def test_demo_without_the_sdks_names_the_install_command(tmp_path):
+    # the SDKs made unimportable, as after a plain `pip install iron-runtime`
+    hide = (
+        "import sys; sys.modules['anthropic'] = None; "
+        "from iron_runtime.cli import main; sys.exit(main(['demo']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", hide], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.returncode == 2
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "iron-runtime demo needs the OpenAI and Anthropic SDKs ('anthropic' is missing): "
+        "pip install 'iron-runtime[demo]'"
+    ]

@@ -400,3 +400,147 @@ def test_stop_is_bounded_when_the_server_is_slow(control, openai_emu, anthropic_
     r.stop()
     assert time.monotonic() - t0 < 10
     assert proc.returncode == 0  # it stopped by itself, not killed
+
+
+# -- start-up: the constructor returns once the first handshake has ended ----------------------
+
+
+def lease_router(control, openai_emu, tmp_path, **kw):
+    """A direct-mode router whose budget is a lease: the handshake is its first server call."""
+    return LlmRouter(
+        api_key="ic_agent_1",
+        server_url=control.url,
+        provider_key=openai_emu.api_key,
+        upstreams={"openai": openai_emu.url},
+        state_dir=tmp_path,
+        **kw,
+    )
+
+
+def test_slow_server_lease_is_in_hand_when_the_constructor_returns(
+    control, openai_emu, anthropic_emu, tmp_path
+):
+    control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)
+    control.latency = 0.5  # the key fetch and the handshake each take half a second
+    with server_router(control, openai_emu, anthropic_emu, state_dir=tmp_path) as r:
+        assert r.provider == "openai"  # the key fetch ended before the constructor returned
+        assert r.budget_status == (0.0, 10.0)  # and so did the handshake
+        reply = client(r).chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=5)
+        assert reply.choices[0].message.content == "Echo: hello server mode"
+        assert len(control.leases) == 1
+
+
+def test_server_down_router_starts_within_the_bound_and_answers_503(control, openai_emu, tmp_path):
+    from iron_runtime.addons.control import STARTUP_WAIT
+
+    control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)
+    control.go_down()
+    t0 = time.monotonic()
+    r = lease_router(control, openai_emu, tmp_path)
+    try:
+        assert time.monotonic() - t0 < STARTUP_WAIT + 10
+        assert r.budget_status is None
+        with pytest.raises(openai.APIStatusError) as err:
+            client(r).chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=5)
+        assert err.value.status_code == 503
+        assert err.value.code == "budget_unavailable"
+        assert "No budget lease from the Iron Cage server yet" in err.value.message
+        assert "could not be reached for the budget lease" in err.value.message
+        assert not openai_emu.requests  # nothing went upstream without a budget
+    finally:
+        r.stop()
+
+
+class HeldHandshakes(ControlServerEmulator):
+    """The control-server emulator, holding each handshake's answer until ``release()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_through = 0  # handshakes answered at once before the holding starts
+        self.holding = threading.Event()  # a handshake is at the server, unanswered
+        self._release = threading.Event()
+
+    def handle(self, request):
+        if request.path.startswith("/api/v1/budget/handshake"):
+            if self.let_through:
+                self.let_through -= 1
+            elif not self._release.is_set():
+                self.holding.set()
+                self._release.wait(30)  # the emulator answers nothing else meanwhile
+                self.holding.clear()
+        return super().handle(request)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+@pytest.fixture
+def held_control():
+    emu = HeldHandshakes()
+    with emu:
+        try:
+            yield emu
+        finally:
+            emu.release()
+
+
+def _create_in_thread(router, results):
+    def call():
+        try:
+            c = client(router)
+            results.append(c.chat.completions.create(model="gpt-4o", messages=MSGS, max_tokens=5))
+        except Exception as e:
+            results.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    return t
+
+
+def test_request_waits_for_a_retry_handshake_in_flight(held_control, openai_emu, tmp_path):
+    control = held_control
+    control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)
+    control.let_through = 1  # the first handshake fails at once; the retry is held
+    control.inject(Fault(status=500, body={"error": "down", "code": "INTERNAL_ERROR"}))
+    r = lease_router(control, openai_emu, tmp_path)
+    try:
+        assert r.budget_status is None  # the first handshake failed: no lease yet
+        assert control.holding.wait(15)  # the retry is at the server, unanswered
+        results = []
+        t = _create_in_thread(r, results)
+        time.sleep(0.5)  # let the request reach the router while the handshake is held
+        control.release()
+        t.join(30)
+        (reply,) = results
+        assert not isinstance(reply, Exception), reply
+        assert reply.choices[0].message.content == "Echo: hello server mode"
+        assert r.budget_status[1] == 10.0
+    finally:
+        r.stop()
+
+
+def test_constructor_is_bounded_and_requests_wait_for_the_first_handshake(
+    held_control, openai_emu, tmp_path
+):
+    from iron_runtime.addons.control import STARTUP_WAIT
+
+    control = held_control
+    control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)
+    t0 = time.monotonic()
+    r = lease_router(control, openai_emu, tmp_path)
+    try:
+        assert time.monotonic() - t0 < STARTUP_WAIT + 10
+        # it returned while the server still held the handshake's answer
+        assert control.holding.is_set()
+        assert r.budget_status is None
+        results = []
+        t = _create_in_thread(r, results)
+        time.sleep(0.5)  # let the request reach the router while the handshake is held
+        control.release()
+        t.join(30)
+        (reply,) = results
+        assert not isinstance(reply, Exception), reply
+        assert reply.choices[0].message.content == "Echo: hello server mode"
+        assert r.budget_status[1] == 10.0
+    finally:
+        r.stop()

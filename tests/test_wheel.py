@@ -1,4 +1,5 @@
-"""The built wheel carries everything: LlmRouter works from a fresh virtual environment."""
+"""The built wheel carries everything: LlmRouter works from a fresh virtual environment, and
+``iron-runtime demo`` either runs or names the one command that makes it run."""
 
 from __future__ import annotations
 
@@ -30,9 +31,12 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.timeout(600)
-def test_wheel_installs_into_a_fresh_venv_and_routes(tmp_path):
-    dist, venv = tmp_path / "dist", tmp_path / "venv"
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory):
+    """The wheel, built once, and a fresh virtual environment with it installed (plain
+    ``pip install``, no extras)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    dist, venv = tmp / "dist", tmp / "venv"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(ROOT)],
         check=True,
@@ -41,22 +45,72 @@ def test_wheel_installs_into_a_fresh_venv_and_routes(tmp_path):
     wheel = next(dist.glob("iron_runtime-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
+    _pip_install(py, str(wheel))
+    return wheel, venv
+
+
+def _pip_install(py: Path, target: str) -> None:
     subprocess.run(
-        [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(wheel)],
+        [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", target],
         check=True,
         capture_output=True,
     )
+
+
+def _clean_env(home: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+
+
+@pytest.mark.timeout(600)
+def test_wheel_installs_into_a_fresh_venv_and_routes(wheel_venv, tmp_path):
+    _, venv = wheel_venv
     run = subprocess.run(
-        [str(py), "-c", SCRIPT],
+        [str(venv / "bin" / "python"), "-c", SCRIPT],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        env=_clean_env(tmp_path),
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "Echo: from a wheel"
     assert (venv / "bin" / "iron-runtime").exists()
+
+
+@pytest.mark.timeout(600)
+def test_demo_names_its_extra_then_runs_once_it_is_installed(wheel_venv, tmp_path):
+    wheel, venv = wheel_venv
+    py, cli = venv / "bin" / "python", venv / "bin" / "iron-runtime"
+    sdks = "import importlib.util as u; print(u.find_spec('openai'), u.find_spec('anthropic'))"
+    check = subprocess.run([str(py), "-c", sdks], capture_output=True, text=True, check=True)
+    assert check.stdout.split() == ["None", "None"]  # a plain install brings no SDK
+
+    bare = subprocess.run(
+        [str(cli), "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(tmp_path),
+    )
+    assert bare.returncode == 2
+    assert bare.stdout == ""
+    (line,) = bare.stderr.splitlines()  # one line, no traceback
+    assert line.endswith("pip install 'iron-runtime[demo]'"), line
+    assert "OpenAI and Anthropic SDKs" in line
+
+    _pip_install(py, f"{wheel}[demo]")  # the command the line names, from the same wheel
+    full = subprocess.run(
+        [str(cli), "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_clean_env(tmp_path),
+    )
+    assert full.returncode == 0, full.stderr
+    assert "tool call #0: get_weather" in full.stdout
+    assert "Done: router stopped" in full.stdout
 
 
 def test_every_package_is_listed_for_the_wheel():
