@@ -49,10 +49,26 @@ DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table say
 # Endpoints that cost nothing: never reserved, never refused. Matched on the whole route
 # path (normalised by the router, the same path that goes upstream), never on a suffix.
 FREE_ENDPOINT = re.compile(
-    r"/v1/(?:messages/count_tokens"
+    r"/v1/(?:messages/count_tokens|moderations"
     r"|files(?:/[A-Za-z0-9_.:-]+(?:/content)?)?"
     r"|uploads(?:/[A-Za-z0-9_.:-]+(?:/(?:parts|complete|cancel))?)?)/?"
 )
+
+
+# Work the router cannot meter, whatever model it names: batches run later, the Realtime API
+# is a WebSocket, fine-tuning is billed by training tokens. Refused while a budget is set.
+UNMETERED = re.compile(r"/v1/(?:batches|messages/batches|realtime|fine_tuning)(?:/.*)?")
+
+
+def unmetered(path: str) -> errors.RouterError:
+    return errors.RouterError(
+        402,
+        "iron_cage_unpriced_model",
+        "unpriced_model",
+        f"{path} is billed in a way the router cannot meter (batches run later, the Realtime "
+        "API is a WebSocket, fine-tuning is billed by training tokens), so it is refused while "
+        "a budget is set. Run it without a budget, or through another key.",
+    )
 
 
 def unpriced(model: str, model_less: bool = False) -> errors.RouterError:
@@ -110,8 +126,12 @@ class Budget:
         m = flow.metadata.get("iron")
         if flow.response or m is None or "upstream" not in m:
             return None
-        if FREE_ENDPOINT.fullmatch(m.get("path", "").partition("?")[0]):
+        path = m.get("path", "").partition("?")[0]
+        if FREE_ENDPOINT.fullmatch(path):
             return None
+        if self.ledger.limit is not None and UNMETERED.fullmatch(path):
+            if flow.request.method != "GET" or path.startswith("/v1/realtime"):
+                return answer_error(flow, unmetered(path))
         body = scratch(flow).get("payload")
         model = m.get("upstream_model") or m.get("model")
         if not model or not isinstance(body, dict):
@@ -139,7 +159,10 @@ class Budget:
         embeddings = is_embeddings(m.get("path", ""))
         if len(flow.request.raw_content or b"") > INLINE_COUNT_BYTES:
             return self._reserve_later(flow, body, model, price, anthropic, embeddings)
-        tokens = request_input_tokens(body, model, anthropic, embeddings)
+        try:
+            tokens = request_input_tokens(body, model, anthropic, embeddings)
+        except errors.RouterError as e:  # e.g. content nested past the JSON depth limit
+            return answer_error(flow, e)
         self._reserve(flow, tokens, body, model, price, embeddings)
         return None
 
@@ -149,6 +172,8 @@ class Budget:
                 request_input_tokens, body, model, anthropic, embeddings
             )
             self._reserve(flow, tokens, body, model, price, embeddings)
+        except errors.RouterError as e:
+            answer_error(flow, e)
         except Exception:
             logger.exception("iron_runtime: budget reservation failed")
             answer_error(

@@ -365,3 +365,44 @@ def test_no_budget_means_unlimited_but_spend_is_tracked(router, oai):
     before = router.total_spent()
     oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     assert router.total_spent() > before
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/v1/batches", {"model": "gpt-4o-mini", "input_file_id": "file-1"}),
+        ("POST", "/v1/messages/batches", {"model": "claude-sonnet-4-6", "requests": []}),
+        ("GET", "/v1/realtime?model=gpt-realtime", None),
+        ("POST", "/v1/fine_tuning/jobs", {"model": "gpt-4o-mini", "training_file": "f"}),
+    ],
+)
+def test_work_the_router_cannot_meter_is_refused_under_a_budget(
+    openai_emu, anthropic_emu, method, path, body
+):
+    router = make_router(openai_emu, anthropic_emu, budget=5.0)
+    try:
+        r = httpx.request(
+            method,
+            router.base_url.removesuffix("/v1") + path,
+            headers={"authorization": f"Bearer {router.api_key}"},
+            json=body,
+        )
+        assert r.status_code == 402
+        assert "cannot meter" in r.text
+        assert not openai_emu.requests and not anthropic_emu.requests
+    finally:
+        router.stop()
+
+
+def test_moderations_are_free_under_a_budget(openai_emu, anthropic_emu):
+    router = make_router(openai_emu, anthropic_emu, budget=0.0)
+    try:
+        r = httpx.post(
+            router.base_url + "/moderations",
+            headers={"authorization": f"Bearer {router.api_key}"},
+            json={"input": "hello"},
+        )
+        assert r.status_code != 402  # reaches the provider (the emulator has no moderations)
+        assert openai_emu.requests
+    finally:
+        router.stop()
