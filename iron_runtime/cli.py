@@ -6,6 +6,7 @@ import argparse
 import sys
 import tempfile
 import time
+from typing import NoReturn
 
 from .keys import mask_secret
 
@@ -214,19 +215,46 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument answered in one line (what is wrong, where to read
+    more) and exit status 2, instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """``iron-runtime``: its exit status. A bad argument or environment (no key, a wrong type,
+    an unreachable server, an unwritable state folder, a port in use) is one line on stderr
+    and status 2; ``run`` returns the agent's status."""
+    from . import __version__
+    from .commands import CliError, add_commands
+
+    parser = Parser(
         prog="iron-runtime",
         description="Local LLM router for AI agents: keys, routing, budgets, analytics.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"iron-runtime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("demo", help="keyless tour against local emulators")
     p.set_defaults(func=demo)
-    from .commands import add_commands
-
     add_commands(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand that did not take them
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    prog = f"iron-runtime {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except CliError as e:
+        print(f"{prog}: {e}", file=sys.stderr, flush=True)
+        return e.code
+    except (ValueError, OSError, RuntimeError) as e:  # from the router: its first line
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"{prog}: {lines[0]}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -149,19 +149,26 @@ class Outbox:
             ).fetchall()
         return [{"event_id": i, "reason": r} for i, r in rows]
 
-    def stats(self, recent: int = 10) -> dict[str, Any]:
-        """Totals, by model and by provider, and the most recent events."""
-        query = """
+    def stats(self, recent: int = 10, since: int | None = None) -> dict[str, Any]:
+        """Totals, by model, by provider and by day (local time, ``YYYY-MM-DD``), and the
+        most recent events; with ``since`` (a ``timestamp_ms``), of the events from then on
+        only. ``outbox`` (the sync state) always counts every event."""
+        where, params = (
+            ("WHERE timestamp_ms >= ?", (int(since),)) if since is not None else ("", ())
+        )
+        query = f"""
             SELECT json_extract(body, '$.provider'), json_extract(body, '$.model'),
-                   json_extract(body, '$.event_type'), COUNT(*),
+                   json_extract(body, '$.event_type'),
+                   date(timestamp_ms / 1000, 'unixepoch', 'localtime'), COUNT(*),
                    TOTAL(json_extract(body, '$.input_tokens')),
                    TOTAL(json_extract(body, '$.output_tokens')),
                    TOTAL(json_extract(body, '$.cost_micros'))
-            FROM events GROUP BY 1, 2, 3"""  # TOTAL: a float sum, which cannot overflow
+            FROM events {where} GROUP BY 1, 2, 3, 4"""  # TOTAL: a float sum, cannot overflow
         with self._rlock:
-            rows = self._rdb.execute(query).fetchall()
+            rows = self._rdb.execute(query, params).fetchall()
             last = self._rdb.execute(
-                "SELECT body, state FROM events ORDER BY timestamp_ms DESC LIMIT ?", (recent,)
+                f"SELECT body, state FROM events {where} ORDER BY timestamp_ms DESC LIMIT ?",
+                (*params, recent),
             ).fetchall()
         totals = {
             "requests": 0,
@@ -172,11 +179,13 @@ class Outbox:
         }
         by_model: dict[str, dict[str, int]] = {}
         by_provider: dict[str, dict[str, int]] = {}
-        for provider, model, kind, n, tin, tout, cost in rows:
+        by_day: dict[str, dict[str, int]] = {}
+        for provider, model, kind, day, n, tin, tout, cost in rows:
             for bucket in (
                 totals,
                 by_model.setdefault(model or "?", {}),
                 by_provider.setdefault(provider or "unknown", {}),
+                by_day.setdefault(day or "?", {}),
             ):
                 bucket["requests"] = bucket.get("requests", 0) + n
                 bucket["failed"] = bucket.get("failed", 0) + (
@@ -189,6 +198,7 @@ class Outbox:
             "totals": totals,
             "by_model": by_model,
             "by_provider": by_provider,
+            "by_day": by_day,
             "outbox": self.counts(),
             "recent": [{**json.loads(b), "sync_state": s} for b, s in last],
         }
