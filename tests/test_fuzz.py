@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import sqlite3
 import time
@@ -145,7 +146,11 @@ def _mutate_raw(rng: random.Random, raw: bytes) -> bytes:
         head = head.replace(b"HTTP/1.1", rng.choice([b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 x"]))
     else:
         head += b"\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(rng.choice([10, 120])))[:-2]
-    return head + b"\r\n\r\n" + body
+    mutated = head + b"\r\n\r\n" + body
+    declared = re.search(rb"(?i)content-length:[ \t]*(\d+)", head)
+    if declared and int(declared.group(1)) > len(body):
+        return raw  # a client that announces more than it sends waits for itself: not a case
+    return mutated
 
 
 def _exchange(port: int, data: bytes) -> tuple[bytes, float]:
@@ -177,6 +182,8 @@ def _complete(raw: bytes) -> bool:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             return len(body) >= int(value)
+        if name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+            return body.endswith(b"0\r\n\r\n")
     return False
 
 
@@ -228,7 +235,7 @@ def test_fuzzed_http_and_json_never_break_the_router(fuzz_router):
             answer, took = _exchange(router.port, raw)
             sent += 1
             slowest = max(slowest, took)
-            assert took < ANSWER_BOUND_S, raw[:300]
+            assert took < ANSWER_BOUND_S, (raw, answer[-300:])
             for status, headers, content in _answers(answer):
                 statuses[status] += 1
                 assert status < 500, (raw[:500], answer[:500])

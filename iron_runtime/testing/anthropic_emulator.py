@@ -339,6 +339,12 @@ def validate(body: dict[str, Any]) -> None:
     for name in body:
         if name not in MESSAGES_FIELDS:
             raise Invalid(f"{name}: Extra inputs are not permitted")
+    for name, types, label in _FIELD_TYPES:
+        value = body.get(name)
+        if value is not None and (
+            isinstance(value, bool) != (bool in types) or not isinstance(value, types)
+        ):
+            raise Invalid(f"{name}: Input should be {label}")
     if not isinstance(body.get("model"), str):
         raise Invalid("model: Field required")
     max_tokens = body.get("max_tokens")
@@ -348,7 +354,9 @@ def validate(body: dict[str, Any]) -> None:
         raise Invalid("max_tokens: must be greater than or equal to 1")
     system = body.get("system")
     if system is not None and not isinstance(system, str):
-        if not isinstance(system, list) or any(b.get("type") != "text" for b in system):
+        if not isinstance(system, list) or any(
+            not isinstance(b, dict) or b.get("type") != "text" for b in system
+        ):
             raise Invalid("system: Input should be a string or a list of text blocks")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -431,6 +439,17 @@ def validate(body: dict[str, Any]) -> None:
             raise Invalid("tool_choice.name: must name one of the tools")
         if set(choice) - {"type", "name", "disable_parallel_tool_use"}:
             raise Invalid("tool_choice: Extra inputs are not permitted")
+
+
+_FIELD_TYPES: list[tuple[str, tuple[type, ...], str]] = [
+    ("tools", (list,), "a valid list"),
+    ("tool_choice", (dict,), "a valid dictionary"),
+    ("stop_sequences", (list,), "a valid list"),
+    ("system", (str, list), "a string or a list of text blocks"),
+    ("metadata", (dict,), "a valid dictionary"),
+    ("thinking", (dict,), "a valid dictionary"),
+    ("stream", (bool,), "a valid boolean"),
+]
 
 
 def _blocks(content: Any, where: str, final: bool) -> list[dict[str, Any]]:

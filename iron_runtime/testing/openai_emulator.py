@@ -91,6 +91,13 @@ def _invalid_chat_field(body: dict[str, Any]) -> tuple[str, str] | None:
     for name in ("max_tokens", "max_completion_tokens", "n"):
         if isinstance(body.get(name), int) and body[name] < 1:
             return name, f"Invalid '{name}': integer below minimum value 1."
+    choice = body.get("tool_choice")
+    if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+        return "tool_choice", f"Invalid value for 'tool_choice': {choice!r}."
+    if isinstance(choice, dict) and not (
+        isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str)
+    ):
+        return "tool_choice", "Missing required parameter: 'tool_choice.function.name'."
     temperature = body.get("temperature")
     if isinstance(temperature, _NUMBER) and not 0 <= temperature <= 2:
         return "temperature", "Invalid 'temperature': must be between 0 and 2."
