@@ -33,15 +33,17 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory):
-    """The wheel, built once, and a fresh virtual environment with it installed (plain
-    ``pip install``, no extras)."""
+    """The wheel, built once (its verbose build output kept in ``build.log`` beside ``dist``),
+    and a fresh virtual environment with it installed (plain ``pip install``, no extras)."""
     tmp = tmp_path_factory.mktemp("wheel")
     dist, venv = tmp / "dist", tmp / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(ROOT)],
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(dist), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
     )
+    (tmp / "build.log").write_text(build.stdout + build.stderr)
     wheel = next(dist.glob("iron_runtime-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
@@ -125,3 +127,16 @@ def test_every_package_is_listed_for_the_wheel():
     }
     found.add("iron_runtime.addons")  # addons/ ships as iron_runtime.addons
     assert found <= listed, f"missing from pyproject.toml packages: {sorted(found - listed)}"
+
+
+@pytest.mark.timeout(600)
+def test_the_build_prints_no_setuptools_warning(wheel_venv):
+    wheel, _ = wheel_venv
+    log = (wheel.parent.parent / "build.log").read_text()
+    assert "Building wheel for iron-runtime" in log  # the backend's output is there to check
+    warnings = [
+        line.strip()
+        for line in log.splitlines()
+        if "Warning:" in line or "would be ignored" in line or "is deprecated" in line
+    ]
+    assert warnings == []
