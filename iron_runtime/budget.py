@@ -34,8 +34,12 @@ def micros_to_usd(micros: int) -> float:
     return micros / MICROS_PER_USD
 
 
-def usd(micros: int, places: int = 4) -> str:
-    return f"${micros / MICROS_PER_USD:,.{places}f}"
+def usd(micros: int | float) -> str:
+    """A cost in USD to the micro-dollar it is counted in: ``$0.000096``, ``$0.09``,
+    ``$1.234567``, ``$12,345.00``; never ``$0.0000`` for a cost that is not zero."""
+    text = f"{micros / MICROS_PER_USD:,.6f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
 
 
 _ids = itertools.count(1)

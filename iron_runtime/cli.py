@@ -8,6 +8,7 @@ import tempfile
 import time
 from typing import NoReturn
 
+from .budget import usd
 from .keys import mask_secret
 
 
@@ -208,8 +209,8 @@ def demo(args: argparse.Namespace) -> int:
             _say(f"   the server has {len(kinds)} events: {', '.join(kinds)}")
         (lease,) = control.leases.values()
         _say(
-            f"   on stop the lease went back: ${lease.granted / 1e6:.2f} granted, "
-            f"${lease.returned_spent / 1e6:.6f} spent"
+            f"   on stop the lease went back: {usd(lease.granted)} granted, "
+            f"{usd(lease.returned_spent)} spent"
         )
         _say("\nDone: router stopped, no process left behind.")
     return 0

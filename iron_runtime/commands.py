@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .budget import usd
 from .launcher import LlmRouter, default_state_dir
 from .providers import Provider, default_upstream
 from .upstreams import Upstream
@@ -43,7 +44,7 @@ def _number(kind: type, text: str, minimum: float, strict: bool, what: str) -> A
     return value
 
 
-def usd(text: str) -> float:
+def usd_amount(text: str) -> float:
     return _number(float, text, 0, False, "must be a number of US dollars >= 0 (e.g. 5 or 0.25)")
 
 
@@ -112,7 +113,12 @@ ROUTER_FLAGS: list[tuple[str, str, Any, str]] = [
         str,
         "Iron Cage control server (server mode with --token)",
     ),
-    ("--budget", "IRON_BUDGET", usd, "USD limit (default: unlimited, or the server's lease)"),
+    (
+        "--budget",
+        "IRON_BUDGET",
+        usd_amount,
+        "USD limit (default: unlimited, or the server's lease)",
+    ),
     ("--pricing", "IRON_PRICING", str, "price file merged over the built-in one"),
     ("--state-dir", "IRON_STATE_DIR", str, "analytics outbox and certificates folder"),
     ("--openai-base-url", "IRON_OPENAI_BASE_URL", str, "OpenAI upstream"),
@@ -244,14 +250,6 @@ def agent_environment(router: LlmRouter) -> dict[str, str]:
     }
 
 
-def usd_text(micros: int | float) -> str:
-    """A cost in USD to the micro-dollar it is counted in: ``$0.000096``, ``$0.09``,
-    ``$1.234567``; never ``$0.0000`` for a cost that is not zero."""
-    text = f"{micros / 1e6:,.6f}".rstrip("0")
-    whole, _, cents = text.partition(".")
-    return f"${whole}.{cents.ljust(2, '0')}"
-
-
 BY = ("model", "provider", "day")
 ZERO = {"requests": 0, "failed": 0, "input_tokens": 0, "output_tokens": 0, "cost_micros": 0}
 
@@ -282,7 +280,7 @@ def _row(name: str, b: dict[str, Any]) -> tuple[str, ...]:
         str(b["failed"]),
         f"{b['input_tokens']:,}",
         f"{b['output_tokens']:,}",
-        usd_text(b["cost_micros"]),
+        usd(b["cost_micros"]),
     )
 
 
@@ -319,7 +317,7 @@ def summary_text(summary: dict[str, Any], what: str) -> str:
     return (
         f"{what}:\n{spend_table(summary['session'])}\n"
         f"state folder {summary['state_dir']}, all sessions: {c['requests']} requests, "
-        f"{usd_text(c['cost_micros'])} (iron-runtime stats)"
+        f"{usd(c['cost_micros'])} (iron-runtime stats)"
     )
 
 
@@ -338,7 +336,7 @@ def serve(args: argparse.Namespace) -> int:
         print(
             f"iron-runtime router listening on {router.base_url} "
             f"(provider {router.provider}, budget "
-            f"{'unlimited' if budget is None else usd_text(round(budget * 1e6))})"
+            f"{'unlimited' if budget is None else usd(round(budget * 1e6))})"
         )
         print(f"  state folder    {folder}")
         print("  upstreams       " + ", ".join(f"{p} {u}" for p, u in upstream_urls(args).items()))
@@ -460,7 +458,7 @@ def stats(args: argparse.Namespace) -> int:
     print(spend_table(data, args.by))
     if args.by != "provider":
         by_provider = ", ".join(
-            f"{p}: {b['requests']} requests, {usd_text(b['cost_micros'])}"
+            f"{p}: {b['requests']} requests, {usd(b['cost_micros'])}"
             for p, b in sorted(data["by_provider"].items())
         )
         print(f"\nby provider: {by_provider or '-'}")
@@ -472,7 +470,7 @@ def stats(args: argparse.Namespace) -> int:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["timestamp_ms"] / 1000))
             what = (
                 f"{e.get('input_tokens', 0)}→{e.get('output_tokens', 0)} tok "
-                f"{usd_text(e.get('cost_micros', 0))}"
+                f"{usd(e.get('cost_micros', 0))}"
                 if e["event_type"] == "llm_request_completed"
                 else f"failed: {e.get('error_code')}"
             )

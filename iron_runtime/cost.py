@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .budget import usd
 from .pricing import ModelPrice
 from .tokens import count_text, encoding_for
 
@@ -149,7 +150,7 @@ def choices(body: dict[str, Any]) -> int:
 
 
 def summary_comment(model: str | None, usage: Usage | None, cost: int | None) -> str:
-    """``claude-sonnet-4 · 1.2k→350 tok · $0.0089`` for mitmweb's flow list."""
+    """``claude-sonnet-4 · 1.2k→350 tok · $0.008925`` for mitmweb's flow list."""
 
     def k(n: int) -> str:
         return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
@@ -157,5 +158,5 @@ def summary_comment(model: str | None, usage: Usage | None, cost: int | None) ->
     parts = [model or "?"]
     if usage is not None:
         parts.append(f"{k(usage.prompt)}→{k(usage.output)} tok")
-    parts.append(f"${cost / 1_000_000:.4f}" if cost is not None else "cost unknown")
+    parts.append(usd(cost) if cost is not None else "cost unknown")
     return " · ".join(parts)

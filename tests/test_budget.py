@@ -300,7 +300,7 @@ def test_402_bodies_and_set_budget_unblocks_at_once(openai_emu, anthropic_emu):
         assert err.value.type == "iron_cage_budget_exceeded"
         assert err.value.code == "budget_exceeded"
         assert "Iron Cage budget limit exceeded" in err.value.message
-        assert "Limit: $0.0000" in err.value.message
+        assert "Limit: $0.00." in err.value.message
         with pytest.raises(anthropic.APIStatusError) as aerr:
             claude.messages.create(
                 model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}]

@@ -94,7 +94,7 @@ def test_ledger_under_threads_never_overcommits():
 def test_budget_error_messages_carry_figures():
     e = BudgetExceeded(1_500_000, 250_000, 2_000_000)
     assert (e.status, e.type, e.code) == (402, "iron_cage_budget_exceeded", "budget_exceeded")
-    assert "$1.5000" in e.message and "$0.2500" in e.message and "$2.0000" in e.message
+    assert "$1.50," in e.message and "$0.25," in e.message and "$2.00." in e.message
     e = InsufficientBudget(10, 20, "5 input + 10 output tokens of m")
     assert e.code == "insufficient_budget" and "5 input" in e.message
 

@@ -412,7 +412,7 @@ def test_stats_since_by_and_json(openai_emu, anthropic_emu, tmp_path):
 
 
 def test_costs_print_to_the_micro_dollar():
-    from iron_runtime.commands import usd_text
+    from iron_runtime.budget import usd as usd_text
 
     assert usd_text(96) == "$0.000096"
     assert usd_text(0) == "$0.00"
