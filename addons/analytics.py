@@ -1,6 +1,6 @@
 """Analytics addon: exactly one event per request, locally refused ones included, committed to
 the SQLite outbox in ``state_dir`` before the client's response completes, then synced to the
-control server by a background worker (SPEC §8).
+control server by a background worker.
 
 A response waits for its event's commit at most ``COMMIT_WAIT`` seconds, and not at all once a
 commit has failed: a disk that is full, slow or locked by another process delays answers by

@@ -1,5 +1,5 @@
 """Budget addon: reserve a request's worst-case cost before it is forwarded, settle it at
-the actual cost afterwards, on every exit path (SPEC §6).
+the actual cost afterwards, on every exit path.
 
 Exit paths: a normal answer (settled from the provider's usage), an upstream error status
 (released: providers do not bill refused requests), a stream cut off by either side (charged

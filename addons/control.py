@@ -1,5 +1,5 @@
 """Control addon: the router's side of the Iron Cage control server, when ``iron_server_url``
-is set: the agent's provider key (server mode) and the budget lease (SPEC §6-7).
+is set: the agent's provider key (server mode) and the budget lease.
 
 At start a worker thread fetches the key (to learn the provider) and asks for a lease.
 ``LlmRouter`` reports itself ready once that first attempt has ended, in success or failure,

@@ -1,5 +1,5 @@
 """Gateway addon: OpenAI ``chat.completions`` requests for Claude models are translated into
-Anthropic ``messages`` requests, and the answers (JSON, SSE streams, errors) back (SPEC §5).
+Anthropic ``messages`` requests, and the answers (JSON, SSE streams, errors) back.
 
 The router addon has already authenticated, routed and injected the key; this addon only
 rewrites the flow, with the translation done by ``iron_runtime.gateway``.

@@ -1,5 +1,5 @@
 """Router addon: health check, IC-token authentication, routing, real-key injection,
-header policy and SSE pass-through (SPEC §4)."""
+header policy and SSE pass-through."""
 
 from __future__ import annotations
 

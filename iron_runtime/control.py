@@ -1,4 +1,4 @@
-"""Client of the Iron Cage control server: provider keys (SPEC §7) and budget leases (§6).
+"""Client of the Iron Cage control server: provider keys and budget leases.
 
 The wire formats are the original server's. Calls are blocking (``requests`` on a keep-alive
 session) and are made from worker threads, never on the proxy's event loop.

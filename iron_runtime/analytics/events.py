@@ -1,4 +1,4 @@
-"""Analytics events (SPEC §8), as pydantic models.
+"""Analytics events, as pydantic models.
 
 The wire fields are the original's (``event_id``, ``timestamp_ms``, ``event_type``, ``model``,
 ``provider``, tokens and ``cost_micros``, or ``error_code``/``error_message``), plus

@@ -1,4 +1,4 @@
-"""Emulator of the Iron Cage control server (SPEC §6-8): provider keys, budget leases shared
+"""Emulator of the Iron Cage control server: provider keys, budget leases shared
 by every router of an agent, analytics ingestion with de-duplication, token checks, and
 switchable faults (down, 5xx, slow, flapping).
 
