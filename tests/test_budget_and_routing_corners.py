@@ -1,4 +1,5 @@
-"""Regression tests for holes found in review: each pins one exit from the budget or one
+"""Corners of budget accounting and routing: each test pins one exit from the budget (n
+choices, a client giving up, free and model-less calls, odd budgets) or one routing or
 translation corner."""
 
 from __future__ import annotations
