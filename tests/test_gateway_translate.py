@@ -379,3 +379,8 @@ def test_tool_ids_are_mapped_deterministically_and_never_collide():
     assert mapped == [anthropic_tool_id(i) for i in ids]
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", m) and len(m) <= 64 for m in mapped)
     assert anthropic_tool_id("x" * 500 + ".") != anthropic_tool_id("x" * 501 + ".")
+    # a valid id shaped like a mapped one never collides with the id it looks like
+    for foreign in ("a.b", "functions.get_weather:0", ""):
+        lookalike = anthropic_tool_id(foreign)
+        assert anthropic_tool_id(lookalike) != lookalike
+        assert anthropic_tool_id(lookalike) != anthropic_tool_id(foreign)

@@ -138,7 +138,7 @@ def test_the_check_script_passes_on_the_builtin_table():
         [sys.executable, str(ROOT / "scripts" / "check_prices.py")], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout
-    assert "embedding 4" in out.stdout and "alias 9" in out.stdout
+    assert "embedding 4" in out.stdout and "alias 11" in out.stdout
 
 
 # -- lookup --------------------------------------------------------------------------------
@@ -524,3 +524,14 @@ def test_check_script_catches_broken_aliases_and_missing_litellm_rows(tmp_path):
     assert "free:" not in out.stdout  # 0 output tokens for a free-output model is LiteLLM's
     assert "gpt-x: in litellm.json, not in this file" in out.stdout
     assert "4 problem(s)" in out.stdout
+
+
+def test_anthropic_dash_zero_aliases_are_priced_as_their_dated_rows():
+    from iron_runtime.pricing import PriceTable
+
+    table = PriceTable.builtin()
+    for alias, dated in (
+        ("claude-sonnet-4-0", "claude-sonnet-4-20250514"),
+        ("claude-opus-4-0", "claude-opus-4-20250514"),
+    ):
+        assert table.lookup(alias) == table.lookup(dated)

@@ -25,13 +25,21 @@ _ANTHROPIC_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
 _NOT_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 
 
+# The shape of an id this mapping produces; a valid id of that shape is mapped as well, so
+# that no id that passes unchanged can equal the mapping of another.
+_MAPPED_SHAPE = re.compile(r"(?:.*_)?[0-9a-f]{16}")
+
+
 def anthropic_tool_id(tool_call_id: str) -> str:
-    """The id Anthropic accepts for an OpenAI tool-call id: valid ids (``^[a-zA-Z0-9_-]+$``)
-    unchanged; any other (``functions.get_weather:0``, produced by several OpenAI-compatible
-    models, MCP servers and restored sessions) mapped deterministically, the same way on the
-    ``tool_use`` and on its ``tool_result``: its readable part, then a hash of the whole id,
-    so two different ids never map to one."""
-    if _ANTHROPIC_TOOL_ID.fullmatch(tool_call_id):
+    """The id Anthropic accepts for an OpenAI tool-call id.
+
+    Valid ids (``^[a-zA-Z0-9_-]+$``, such as Anthropic's own ``toolu_...``) pass unchanged;
+    any other (``functions.get_weather:0``, produced by several OpenAI-compatible models, MCP
+    servers and restored sessions) is mapped deterministically, the same way on the
+    ``tool_use`` and on its ``tool_result``: its readable part, then 16 hex digits of a hash
+    of the whole id. A valid id that already ends that way is mapped too, so two different
+    ids never map to one (short of a 64-bit hash collision)."""
+    if _ANTHROPIC_TOOL_ID.fullmatch(tool_call_id) and not _MAPPED_SHAPE.fullmatch(tool_call_id):
         return tool_call_id
     readable = _NOT_ID_CHARS.sub("_", tool_call_id).strip("_")[:40]
     digest = hashlib.sha256(tool_call_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
