@@ -60,38 +60,6 @@ FREE_ENDPOINT = re.compile(
 UNMETERED = re.compile(r"/v1/(?:batches|messages/batches|realtime|fine_tuning)(?:/.*)?")
 
 
-def unmetered(path: str) -> errors.RouterError:
-    return errors.RouterError(
-        402,
-        "iron_cage_unpriced_model",
-        "unpriced_model",
-        f"{path} is billed in a way the router cannot meter (batches run later, the Realtime "
-        "API is a WebSocket, fine-tuning is billed by training tokens), so it is refused while "
-        "a budget is set. Run it without a budget, or through another key.",
-    )
-
-
-def unpriced(model: str, model_less: bool = False) -> errors.RouterError:
-    if model_less:
-        return errors.RouterError(
-            402,
-            "iron_cage_unpriced_model",
-            "unpriced_model",
-            "This request names no model in a JSON body, so its cost cannot be kept within "
-            "the budget; the router refuses it while a budget is set (batches, for example, "
-            "are not priced).",
-        )
-    return errors.RouterError(
-        402,
-        "iron_cage_unpriced_model",
-        "unpriced_model",
-        f"Model {model!r} has no price, so its cost cannot be kept within the budget. Add it "
-        "to a price file (LiteLLM's model_prices_and_context_window.json format: "
-        '{"%s": {"input_cost_per_token": ..., "output_cost_per_token": ..., '
-        '"max_output_tokens": ...}}) and pass it as pricing= (or --set iron_pricing=FILE).' % model,
-    )
-
-
 class Budget:
     def __init__(self) -> None:
         self.ledger = Ledger(None)
@@ -131,13 +99,13 @@ class Budget:
             return None
         if self.ledger.limit is not None and UNMETERED.fullmatch(path):
             if flow.request.method != "GET" or path.startswith("/v1/realtime"):
-                return answer_error(flow, unmetered(path))
+                return answer_error(flow, errors.unmetered(path))
         body = scratch(flow).get("payload")
         model = m.get("upstream_model") or m.get("model")
         if not model or not isinstance(body, dict):
             if flow.request.method == "POST" and self.ledger.limit is not None:
                 # batches, uploads of work, multipart calls: nothing to price them by
-                return answer_error(flow, unpriced(model or "(none given)", model_less=True))
+                return answer_error(flow, errors.model_less_unpriced())
             return None  # listing models and other reads cost nothing
         ctl = control()
         if ctl is not None and ctl.lease_pending():
@@ -145,7 +113,7 @@ class Budget:
         price = price_table().lookup(model)
         if price is None or not price.priced:
             if self.ledger.limit is not None:
-                return answer_error(flow, unpriced(model))
+                return answer_error(flow, errors.unpriced_model(model))
             if model not in self.warned:
                 self.warned.add(model)
                 logger.warning(

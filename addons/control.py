@@ -20,8 +20,9 @@ import threading
 
 from mitmproxy import ctx, exceptions
 
-from iron_runtime.control import ControlServer, KeyCache, LeaseClient, LeaseError
-from iron_runtime.errors import RouterError
+from iron_runtime import errors
+from iron_runtime.control import ControlServer, KeyCache, LeaseClient
+from iron_runtime.errors import LeaseError, RouterError
 
 logger = logging.getLogger("iron_runtime")
 
@@ -129,13 +130,7 @@ class Control:
 
     def lease_unavailable(self) -> RouterError:
         """The 503 for a request that needs the lease while the server has not granted one."""
-        return RouterError(
-            503,
-            "iron_cage_budget_unavailable",
-            "budget_unavailable",
-            f"No budget lease from the Iron Cage server yet: {self.lease_error} The router "
-            "keeps retrying.",
-        )
+        return errors.budget_unavailable(self.lease_error)
 
     # -- the worker: first key and handshake with back-off, then reports and refreshes ------
 

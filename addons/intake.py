@@ -71,7 +71,6 @@ CONNECT_REFUSED = (
     "The router is an API endpoint, not a forward proxy: point the SDK's base_url at it "
     "instead of configuring it as an HTTP proxy."
 )
-_CODES = {405: "method_not_allowed", 413: "request_too_large", 431: "request_too_large"}
 
 _PROCESS_PREFIX = secrets.token_hex(6)
 _request_counter = itertools.count(1)
@@ -125,22 +124,10 @@ class Intake:
     ) -> bytes:
         """A complete HTTP/1 error answer, JSON in a shape both SDKs read."""
         rid = self.request_ids.get(request) if request is not None else None
-        if status in (502, 504):
-            type_ = "iron_cage_upstream_error"
-            text = f"The router could not get an answer from the provider: {message}"
-        elif status == 413:
-            type_, text = "invalid_request_error", f"Request body too large: {message}"
-        elif status == 431:
-            type_, text = "invalid_request_error", f"Request header fields too large: {message}"
-        elif status == 408:
-            type_, text = "invalid_request_error", f"Request timeout: {message}"
-        elif status == 405:
-            type_, text = "invalid_request_error", message
-        else:
-            type_, text = "invalid_request_error", f"Malformed request: {message}"
+        type_, code, text = errors.protocol_error(status, message)
         resp = http.Response.make(
             status,
-            errors.universal_error_body(status, type_, text, _CODES.get(status)),
+            errors.universal_error_body(status, type_, text, code),
             {
                 "content-type": "application/json",
                 "connection": "close",

@@ -145,7 +145,7 @@ class Router:
         # Agents call the router as an API server; as a forward proxy it would open tunnels.
         answer_error(
             flow,
-            errors.RouterError(405, "invalid_request_error", "method_not_allowed", CONNECT_REFUSED),
+            errors.method_not_allowed(CONNECT_REFUSED),
         )
 
     @fail_closed

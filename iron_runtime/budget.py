@@ -10,37 +10,11 @@ tokens than the reservation did.
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
 
-from .errors import RouterError
-
-MICROS_PER_USD = 1_000_000
-
-
-def usd_to_micros(usd: float) -> int:
-    """Dollars to micro-dollars, rounded down (a limit never grows by rounding)."""
-    if not isinstance(usd, (int, float)) or isinstance(usd, bool) or not math.isfinite(usd):
-        raise ValueError(f"a budget must be a finite number of USD, got {usd!r}")
-    value = Decimal(str(usd)) * MICROS_PER_USD
-    if value < 0:
-        raise ValueError(f"a budget must not be negative, got {usd}")
-    return int(value.to_integral_value(rounding=ROUND_FLOOR))
-
-
-def micros_to_usd(micros: int) -> float:
-    return micros / MICROS_PER_USD
-
-
-def usd(micros: int | float) -> str:
-    """A cost in USD to the micro-dollar it is counted in: ``$0.000096``, ``$0.09``,
-    ``$1.234567``, ``$12,345.00``; never ``$0.0000`` for a cost that is not zero."""
-    text = f"{micros / MICROS_PER_USD:,.6f}".rstrip("0")
-    whole, _, cents = text.partition(".")
-    return f"${whole}.{cents.ljust(2, '0')}"
-
+from .errors import BudgetExceeded, InsufficientBudget
+from .money import MICROS_PER_USD, micros_to_usd, usd, usd_to_micros  # noqa: F401
 
 _ids = itertools.count(1)
 
@@ -50,34 +24,6 @@ class Reservation:
     amount: int  # micro-dollars
     id: int = 0
     done: bool = False
-
-
-class BudgetExceeded(RouterError):
-    """402: nothing is left (``spent + reserved >= limit``)."""
-
-    def __init__(self, spent: int, reserved: int, limit: int) -> None:
-        super().__init__(
-            402,
-            "iron_cage_budget_exceeded",
-            "budget_exceeded",
-            f"Iron Cage budget limit exceeded. Spent: {usd(spent)}, Reserved: {usd(reserved)}, "
-            f"Limit: {usd(limit)}. Increase the budget with router.set_budget() or wait for "
-            "in-flight requests to complete.",
-        )
-
-
-class InsufficientBudget(RouterError):
-    """402: this request's worst case does not fit in what is left."""
-
-    def __init__(self, available: int, estimate: int, detail: str) -> None:
-        super().__init__(
-            402,
-            "iron_cage_insufficient_budget",
-            "insufficient_budget",
-            f"Iron Cage insufficient budget for request. Available: {usd(available)}, "
-            f"Estimated max cost: {usd(estimate)} ({detail}). Reduce max_tokens, shorten the "
-            "prompt, or increase the budget with router.set_budget().",
-        )
 
 
 class Ledger:

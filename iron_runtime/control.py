@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from .errors import RouterError, key_unavailable
+from .errors import LeaseError, RouterError, key_unavailable
 from .providers import Provider
 
 
@@ -195,11 +195,6 @@ class KeyCache:
 
 
 # -- budget leases -----------------------------------------------------------------------------
-
-
-class LeaseError(RouterError):
-    def __init__(self, message: str) -> None:
-        super().__init__(503, "iron_cage_budget_unavailable", "budget_unavailable", message)
 
 
 @dataclass

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .money import usd
+
 
 class ApiShape(StrEnum):
     OPENAI = "openai"
@@ -135,3 +137,136 @@ def universal_error_body(status: int, type_: str, message: str, code: str | None
         "error": {"type": type_, "message": message, "param": None, "code": code or type_},
     }
     return json.dumps(payload).encode()
+
+
+# -- budget --------------------------------------------------------------------------------
+
+
+class BudgetExceeded(RouterError):
+    """402: nothing is left (``spent + reserved >= limit``)."""
+
+    def __init__(self, spent: int, reserved: int, limit: int) -> None:
+        super().__init__(
+            402,
+            "iron_cage_budget_exceeded",
+            "budget_exceeded",
+            f"Iron Cage budget limit exceeded. Spent: {usd(spent)}, Reserved: {usd(reserved)}, "
+            f"Limit: {usd(limit)}. Increase the budget with router.set_budget() or wait for "
+            "in-flight requests to complete.",
+        )
+
+
+class InsufficientBudget(RouterError):
+    """402: this request's worst case does not fit in what is left."""
+
+    def __init__(self, available: int, estimate: int, detail: str) -> None:
+        super().__init__(
+            402,
+            "iron_cage_insufficient_budget",
+            "insufficient_budget",
+            f"Iron Cage insufficient budget for request. Available: {usd(available)}, "
+            f"Estimated max cost: {usd(estimate)} ({detail}). Reduce max_tokens, shorten the "
+            "prompt, or increase the budget with router.set_budget().",
+        )
+
+
+def unpriced_model(model: str) -> RouterError:
+    return RouterError(
+        402,
+        "iron_cage_unpriced_model",
+        "unpriced_model",
+        f"Model {model!r} has no price, so its cost cannot be kept within the budget. Add it "
+        "to a price file (LiteLLM's model_prices_and_context_window.json format: "
+        '{"%s": {"input_cost_per_token": ..., "output_cost_per_token": ..., '
+        '"max_output_tokens": ...}}) and pass it as pricing= (or --set iron_pricing=FILE).' % model,
+    )
+
+
+def model_less_unpriced() -> RouterError:
+    return RouterError(
+        402,
+        "iron_cage_unpriced_model",
+        "unpriced_model",
+        "This request names no model in a JSON body, so its cost cannot be kept within "
+        "the budget; the router refuses it while a budget is set (batches, for example, "
+        "are not priced).",
+    )
+
+
+def unmetered(path: str) -> RouterError:
+    return RouterError(
+        402,
+        "iron_cage_unpriced_model",
+        "unpriced_model",
+        f"{path} is billed in a way the router cannot meter (batches run later, the Realtime "
+        "API is a WebSocket, fine-tuning is billed by training tokens), so it is refused while "
+        "a budget is set. Run it without a budget, or through another key.",
+    )
+
+
+class LeaseError(RouterError):
+    """503: no budget lease from the control server (yet)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "iron_cage_budget_unavailable", "budget_unavailable", message)
+
+
+def budget_unavailable(reason: str | None) -> RouterError:
+    return LeaseError(
+        f"No budget lease from the Iron Cage server yet: {reason} The router keeps retrying."
+    )
+
+
+def method_not_allowed(message: str) -> RouterError:
+    return RouterError(405, "invalid_request_error", "method_not_allowed", message)
+
+
+# -- the catalogue -------------------------------------------------------------------------
+
+# Every (status, type, code) the router answers itself, for the README's table and its test.
+# Errors written by the HTTP layer before a request exists (``protocol_error``) are included.
+CATALOGUE: frozenset[tuple[int, str, str]] = frozenset(
+    {
+        (401, "authentication_error", "invalid_api_key"),
+        (400, "invalid_request_error", "invalid_request"),
+        (400, "invalid_request_error", "unsupported_endpoint"),
+        (402, "iron_cage_budget_exceeded", "budget_exceeded"),
+        (402, "iron_cage_insufficient_budget", "insufficient_budget"),
+        (402, "iron_cage_unpriced_model", "unpriced_model"),
+        (403, "iron_cage_key_unavailable", "key_unavailable"),
+        (404, "invalid_request_error", "not_found"),
+        (405, "invalid_request_error", "method_not_allowed"),
+        (400, "invalid_request_error", "malformed_request"),
+        (408, "invalid_request_error", "request_timeout"),
+        (413, "invalid_request_error", "request_too_large"),
+        (431, "invalid_request_error", "request_too_large"),
+        (500, "iron_cage_internal_error", "internal_error"),
+        (502, "iron_cage_upstream_error", "upstream_error"),
+        (503, "iron_cage_key_unavailable", "key_unavailable"),
+        (503, "iron_cage_budget_unavailable", "budget_unavailable"),
+    }
+)
+
+
+def protocol_error(status: int, message: str) -> tuple[str, str, str]:
+    """(type, code, text) of an error page the HTTP layer writes itself: malformed HTTP,
+    limits, an unreachable provider. Its body is ``universal_error_body``."""
+    if status >= 500:
+        return (
+            "iron_cage_upstream_error",
+            "upstream_error",
+            f"The router could not get an answer from the provider: {message}",
+        )
+    if status == 413:
+        return "invalid_request_error", "request_too_large", f"Request body too large: {message}"
+    if status == 431:
+        return (
+            "invalid_request_error",
+            "request_too_large",
+            f"Request header fields too large: {message}",
+        )
+    if status == 405:
+        return "invalid_request_error", "method_not_allowed", message
+    if status == 408:
+        return "invalid_request_error", "request_timeout", f"Request timeout: {message}"
+    return "invalid_request_error", "malformed_request", f"Malformed request: {message}"

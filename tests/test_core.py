@@ -218,3 +218,32 @@ def test_error_bodies_in_both_shapes():
     assert a == {"type": "error", "error": {"type": "authentication_error", "message": err.message}}
     a = json.loads(errors.key_unavailable(503, "m").body(ApiShape.ANTHROPIC))
     assert a["error"]["type"] == "iron_cage_key_unavailable"
+
+
+def test_the_readme_error_table_is_the_errors_catalogue():
+    import re
+    from pathlib import Path
+
+    from iron_runtime.errors import CATALOGUE
+
+    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    section = readme.split("## Errors", 1)[1].split("\n## ", 1)[0]
+    rows = set()
+    for line in section.splitlines():
+        m = re.fullmatch(r"\| .* \| (\d{3}) \| `([a-z_]+)` / `([a-z_]+)` \|", line)
+        if m:
+            rows.add((int(m.group(1)), m.group(2), m.group(3)))
+    assert rows == set(CATALOGUE)
+
+
+def test_every_router_error_is_built_in_the_errors_module():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    outside = [
+        str(p.relative_to(root))
+        for folder in ("addons", "iron_runtime")
+        for p in (root / folder).rglob("*.py")
+        if "RouterError(" in p.read_text() and p.name != "errors.py" and "testing" not in p.parts
+    ]
+    assert outside == []
