@@ -191,7 +191,7 @@ def done():
 
 def declared_iron_options() -> set[str]:
     names = set()
-    for source in (ROOT / "addons").glob("*.py"):
+    for source in (ROOT / "iron_runtime" / "addons").glob("*.py"):
         names |= set(re.findall(r'add_option\(\s*"(iron_\w+)"', source.read_text()))
     return names
 
