@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,33 @@ def requested_max_output(body: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+# Endpoints that cost nothing: never reserved, never refused. Matched on the whole route
+# path (normalised by the router, the same path that goes upstream), never on a suffix.
+FREE_ENDPOINT = re.compile(
+    r"/v1/(?:messages/count_tokens|moderations"
+    r"|files(?:/[A-Za-z0-9_.:-]+(?:/content)?)?"
+    r"|uploads(?:/[A-Za-z0-9_.:-]+(?:/(?:parts|complete|cancel))?)?)/?"
+)
+
+
+# Work the router cannot meter, whatever model it names: batches run later, the Realtime API
+# is a WebSocket, fine-tuning is billed by training tokens. Refused while a budget is set.
+UNMETERED = re.compile(r"/v1/(?:batches|messages/batches|realtime|fine_tuning)(?:/.*)?")
+
+
+def is_free(path: str) -> bool:
+    """An endpoint that costs nothing (``path`` without its query)."""
+    return FREE_ENDPOINT.fullmatch(path) is not None
+
+
+def is_unmetered(method: str, path: str) -> bool:
+    """Work the router cannot meter (reading a batch's status is free; opening the Realtime
+    API is a GET)."""
+    if UNMETERED.fullmatch(path) is None:
+        return False
+    return method != "GET" or path.startswith("/v1/realtime")
 
 
 def is_embeddings(path: str) -> bool:

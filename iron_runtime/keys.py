@@ -59,3 +59,52 @@ class ProviderKeys:
     def __repr__(self) -> str:
         shown = ", ".join(f"{p.value}={mask_secret(k)}" for p, k in self._keys.items())
         return f"ProviderKeys({shown})"
+
+
+_CREDENTIAL_LINES = (b"authorization:", b"x-api-key:")
+
+
+class KeyPlaceholders:
+    """Stand-ins for real keys in flows, and the request-head rewrite that swaps them back
+    as the head goes on the wire."""
+
+    def __init__(self) -> None:
+        self._placeholders: dict[str, str] = {}  # real key → placeholder
+        self._keys: dict[bytes, bytes] = {}  # placeholder → real key (wire bytes)
+
+    def placeholder(self, key: str) -> str:
+        """The stand-in for ``key`` in flows: its masked form, made unique per key."""
+        found = self._placeholders.get(key)
+        if found is not None:
+            return found
+        base = mask_secret(key)
+        placeholder, n = base, 1
+        while placeholder.encode() in self._keys:
+            n += 1
+            placeholder = f"{base}~{n}"
+        self._placeholders[key] = placeholder
+        self._keys[placeholder.encode()] = key.encode()
+        return placeholder
+
+    def secrets(self) -> list[str]:
+        return list(self._placeholders)
+
+    def on_the_wire(self, head: bytes) -> bytes:
+        """The request head with placeholders in its credential lines replaced by keys."""
+        if not self._keys:
+            return head
+        lines = head.split(b"\r\n")
+        changed = False
+        for i, line in enumerate(lines):
+            if not line[:14].lower().startswith(_CREDENTIAL_LINES):
+                continue
+            name, _, value = line.partition(b":")
+            value = value.strip()
+            scheme = b""
+            if value[:7].lower() == b"bearer ":
+                scheme, value = value[:7], value[7:].strip()
+            key = self._keys.get(value)
+            if key is not None:
+                lines[i] = name + b": " + scheme + key
+                changed = True
+        return b"\r\n".join(lines) if changed else head

@@ -47,20 +47,12 @@ class SSEParser:
 
     def feed(self, data: bytes) -> list[Event]:
         """The events ``data`` completes (blocks that dispatch nothing are left out)."""
-        buf = self._append(data)
-        events: list[Event] = []
-        start = 0
-        while (end := buf.find(b"\n\n", start)) >= 0:
-            event = parse_block(buf[start:end])
-            if event is not None:
-                events.append(event)
-            start = end + 2
         try:
-            self._keep(buf[start:] if start else buf)
+            blocks = self.blocks(data)
         except SSEError as e:
-            e.events = events
+            e.events = [ev for b in e.blocks if (ev := parse_block(b)) is not None]
             raise
-        return events
+        return [ev for b in blocks if (ev := parse_block(b)) is not None]
 
     def blocks(self, data: bytes) -> list[bytes]:
         """The raw blocks of the events ``data`` completes: their lines joined by LF (CR

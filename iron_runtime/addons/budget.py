@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import threading
 
 from mitmproxy import ctx, exceptions, http
@@ -25,6 +24,8 @@ from iron_runtime.cost import (
     cost_micros,
     embedding_input_tokens,
     is_embeddings,
+    is_free,
+    is_unmetered,
     requested_max_output,
     summary_comment,
     usage_from,
@@ -44,20 +45,6 @@ logger = logging.getLogger("iron_runtime")
 # a long prompt does not stall every other flow on the event loop.
 INLINE_COUNT_BYTES = 64 * 1024
 DEFAULT_MAX_OUTPUT = 128_000  # when neither the request nor the price table says
-
-
-# Endpoints that cost nothing: never reserved, never refused. Matched on the whole route
-# path (normalised by the router, the same path that goes upstream), never on a suffix.
-FREE_ENDPOINT = re.compile(
-    r"/v1/(?:messages/count_tokens|moderations"
-    r"|files(?:/[A-Za-z0-9_.:-]+(?:/content)?)?"
-    r"|uploads(?:/[A-Za-z0-9_.:-]+(?:/(?:parts|complete|cancel))?)?)/?"
-)
-
-
-# Work the router cannot meter, whatever model it names: batches run later, the Realtime API
-# is a WebSocket, fine-tuning is billed by training tokens. Refused while a budget is set.
-UNMETERED = re.compile(r"/v1/(?:batches|messages/batches|realtime|fine_tuning)(?:/.*)?")
 
 
 class Budget:
@@ -95,11 +82,10 @@ class Budget:
         if flow.response or m is None or "upstream" not in m:
             return None
         path = m.get("path", "").partition("?")[0]
-        if FREE_ENDPOINT.fullmatch(path):
+        if is_free(path):
             return None
-        if self.ledger.limit is not None and UNMETERED.fullmatch(path):
-            if flow.request.method != "GET" or path.startswith("/v1/realtime"):
-                return answer_error(flow, errors.unmetered(path))
+        if self.ledger.limit is not None and is_unmetered(flow.request.method, path):
+            return answer_error(flow, errors.unmetered(path))
         body = scratch(flow).get("payload")
         model = m.get("upstream_model") or m.get("model")
         if not model or not isinstance(body, dict):

@@ -20,12 +20,13 @@ from iron_runtime.keys import ProviderKeys
 from iron_runtime.payload import model_of, parse_json_body
 from iron_runtime.providers import Provider, default_upstream
 from iron_runtime.upstreams import Upstream
+from iron_runtime.wire import CONNECT_REFUSED
 
 from . import egress, intake
 from ._glue import answer_error, fail_closed, forget_credentials, meta, scratch
 from .control import control
 from .egress import EGRESS
-from .intake import CONNECT_REFUSED, DEFAULT_BODY_LIMIT, INTAKE, new_request_id
+from .intake import DEFAULT_BODY_LIMIT, INTAKE, new_request_id
 
 logger = logging.getLogger("iron_runtime")
 
