@@ -6,6 +6,8 @@ tested row by row (``tests/test_gateway_translate.py``) and shown in the README.
 
 from __future__ import annotations
 
+from .openai_models import ChatRequest
+
 # Anthropic stop_reason → OpenAI finish_reason. A tool call cut off by max_tokens is
 # "length" (the arguments are incomplete), as is a text answer cut off.
 FINISH_REASONS: dict[str, str] = {
@@ -42,26 +44,9 @@ ERROR_TYPES: dict[str, tuple[str, str]] = {
 }
 DEFAULT_ERROR_TYPE = ("server_error", "upstream_error")
 
-# OpenAI request fields passed through after their own translation (see request.py).
-TRANSLATED_FIELDS = frozenset(
-    {
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "stream",
-        "stream_options",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "user",
-        "response_format",
-        "n",
-    }
-)
+# OpenAI request fields passed through after their own translation (see request.py): the
+# fields of the request model, which is what the translation reads.
+TRANSLATED_FIELDS = frozenset(ChatRequest.model_fields)
 
 # Fields with no Anthropic equivalent that change nothing a client relies on: dropped
 # (the flow's metadata lists what was dropped, so mitmweb shows it).
