@@ -241,6 +241,7 @@ class SyncWorker:
                 if self._closed:
                     continue  # stopped: it stays pending for the next router
                 body = json.dumps(event.wire(self.ic_token), separators=(",", ":")).encode()
+                outcome: tuple[str, str | None]  # what happened, and why
                 for _attempt in range(2):
                     reused = conn is not None
                     if conn is None:
@@ -271,13 +272,16 @@ class SyncWorker:
 
     def _connect(self) -> http.client.HTTPConnection:
         t, p = self._target, self._proxy
-        host, port = (p.hostname, p.port or 80) if p is not None else (t.hostname, t.port)
+        # A URL without a host is never reached (``requests``, for the router's other calls to
+        # the server, refuses it): an empty host name resolves to nothing.
+        server = t.hostname or ""
+        host, port = (p.hostname or "", p.port or 80) if p is not None else (server, t.port)
         if t.scheme != "https":
             return http.client.HTTPConnection(host, port, timeout=self.timeout)
         conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._tls)
         if p is not None:  # TLS to the server inside the proxy's CONNECT tunnel
             tunnel = {"proxy-authorization": p.auth} if p.auth else None
-            conn.set_tunnel(t.hostname, t.port or 443, headers=tunnel)
+            conn.set_tunnel(server, t.port or 443, headers=tunnel)
         return conn
 
     def _request_target(self) -> str:

@@ -148,12 +148,12 @@ class GatewayStream:
                 )
             return b""  # thinking, signatures, citations: not part of an OpenAI answer
         if kind == "content_block_stop":
-            index = self.tools.get(ev["index"])
-            if index is not None and index not in self.tool_args_sent:
+            stopped = self.tools.get(ev["index"])
+            if stopped is not None and stopped not in self.tool_args_sent:
                 # a tool without arguments: OpenAI sends "{}", which clients can parse
-                self.tool_args_sent.add(index)
+                self.tool_args_sent.add(stopped)
                 return self._chunk(
-                    {"tool_calls": [{"index": index, "function": {"arguments": "{}"}}]}
+                    {"tool_calls": [{"index": stopped, "function": {"arguments": "{}"}}]}
                 )
             return b""
         if kind == "message_delta":

@@ -7,6 +7,7 @@ import asyncio
 
 from .anthropic_emulator import AnthropicEmulator
 from .control_server import ControlServerEmulator
+from .emulator import Emulator
 from .openai_emulator import OpenAIEmulator
 
 
@@ -30,17 +31,20 @@ def main() -> None:
         help="control server: an agent (repeatable)",
     )
     args = parser.parse_args()
+    emu: Emulator
     if args.provider == "control":
-        emu = ControlServerEmulator(host=args.host, port=args.port, record=False)
+        control = ControlServerEmulator(host=args.host, port=args.port, record=False)
         for spec in args.agent:
             token, provider, key, budget = spec.split(":", 3)
-            emu.add_agent(token, provider, key, int(float(budget) * 1_000_000))
+            control.add_agent(token, provider, key, int(float(budget) * 1_000_000))
+        emu = control
     else:
         cls = OpenAIEmulator if args.provider == "openai" else AnthropicEmulator
         kw = {"api_key": args.api_key} if args.api_key else {}
-        emu = cls(host=args.host, port=args.port, record=False, **kw)
-        emu.reply_text = args.reply
-        emu.chunk_delay = args.chunk_delay
+        api = cls(host=args.host, port=args.port, record=False, **kw)
+        api.reply_text = args.reply
+        api.chunk_delay = args.chunk_delay
+        emu = api
 
     def ready() -> None:
         print(f"{args.provider} emulator listening on {emu.url}", flush=True)

@@ -306,7 +306,7 @@ def _pieces(block: dict[str, Any]) -> list[str]:
     if block["type"] == "tool_use":
         args = json.dumps(block.get("input") or {})
         return [] if args == "{}" else [args[i : i + 8] for i in range(0, len(args), 8)]
-    text = block.get("text") if block["type"] == "text" else block.get("thinking", "")
+    text: str = block["text"] if block["type"] == "text" else block.get("thinking", "")
     words = text.split(" ")
     return [w if i == 0 else " " + w for i, w in enumerate(words) if w or i == 0]
 

@@ -44,6 +44,7 @@ class Lease:
     reported: int = 0
     open: bool = True
     reports: list[dict[str, Any]] = field(default_factory=list)
+    returned_spent: int = 0  # µ$ spent, as the lease's return reported it
 
 
 def encrypt_ip_token(key: bytes, plaintext: str) -> str:
@@ -130,9 +131,12 @@ class ControlServerEmulator(Emulator):
     def _agent(self, token: Any) -> Agent | None:
         return self.agents.get(token) if isinstance(token, str) else None
 
+    def _lease(self, lease_id: Any) -> Lease | None:
+        return self.leases.get(lease_id) if isinstance(lease_id, str) else None
+
     # -- keys ----------------------------------------------------------------------------
 
-    def _provider_key(self, request: RecordedRequest, body: dict) -> Reply:
+    def _provider_key(self, request: RecordedRequest, body: dict[str, Any]) -> Reply:
         self.key_fetches += 1
         token = body.get("ic_token")
         if not isinstance(token, str) or not token or len(token) > 2000:
@@ -156,7 +160,7 @@ class ControlServerEmulator(Emulator):
     def remaining(self, agent: Agent) -> int:
         return agent.budget - agent.spent - agent.granted
 
-    def _handshake(self, request: RecordedRequest, body: dict) -> Reply:
+    def _handshake(self, request: RecordedRequest, body: dict[str, Any]) -> Reply:
         token = body.get("ic_token")
         auth = request.headers.get("authorization", "")
         agent = self._agent(token)
@@ -179,8 +183,8 @@ class ControlServerEmulator(Emulator):
             },
         )
 
-    def _report(self, request: RecordedRequest, body: dict) -> Reply:
-        lease = self.leases.get(body.get("lease_id"))
+    def _report(self, request: RecordedRequest, body: dict[str, Any]) -> Reply:
+        lease = self._lease(body.get("lease_id"))
         if lease is None:
             return _err(404, "Lease not found", "LEASE_NOT_FOUND")
         cost = body.get("cost_microdollars")
@@ -190,9 +194,9 @@ class ControlServerEmulator(Emulator):
         lease.reports.append(body)
         return Reply(200, {"success": True, "budget_remaining": self.remaining(lease.agent)})
 
-    def _refresh(self, request: RecordedRequest, body: dict) -> Reply:
+    def _refresh(self, request: RecordedRequest, body: dict[str, Any]) -> Reply:
         agent = self._agent(body.get("ic_token"))
-        lease = self.leases.get(body.get("current_lease_id"))
+        lease = self._lease(body.get("current_lease_id"))
         if agent is None or lease is None or lease.agent is not agent:
             return _err(401, "Invalid IC Token or lease", "UNAUTHORIZED")
         if not lease.open:
@@ -220,8 +224,8 @@ class ControlServerEmulator(Emulator):
             },
         )
 
-    def _return(self, request: RecordedRequest, body: dict) -> Reply:
-        lease = self.leases.get(body.get("lease_id"))
+    def _return(self, request: RecordedRequest, body: dict[str, Any]) -> Reply:
+        lease = self._lease(body.get("lease_id"))
         if lease is None:
             return _err(404, "Lease not found", "LEASE_NOT_FOUND")
         if not lease.open:
@@ -233,12 +237,12 @@ class ControlServerEmulator(Emulator):
         lease.open = False
         lease.agent.granted -= lease.granted
         lease.agent.spent += spent
-        lease.returned_spent = spent  # type: ignore[attr-defined]
+        lease.returned_spent = spent
         return Reply(200, {"success": True, "returned": lease.granted - spent})
 
     # -- analytics -----------------------------------------------------------------------
 
-    def _event(self, request: RecordedRequest, body: dict) -> Reply:
+    def _event(self, request: RecordedRequest, body: dict[str, Any]) -> Reply:
         self.event_posts += 1
         if self._agent(body.get("ic_token")) is None:
             return _err(401, "Invalid IC Token", "UNAUTHORIZED")

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 logger = logging.getLogger("iron_runtime.testing")
 
@@ -111,7 +111,7 @@ class Emulator:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> Emulator:
+    def start(self) -> Self:
         """Serve on a background thread; returns once the socket listens."""
         ready = threading.Event()
 
@@ -172,7 +172,7 @@ class Emulator:
             self._thread.join(5)
         self._loop = None
 
-    def __enter__(self) -> Emulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -241,7 +241,7 @@ class Emulator:
 
     @staticmethod
     async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int((await reader.readline()).split(b";")[0], 16)
             if size == 0:

@@ -217,7 +217,7 @@ class OpenAIEmulator(Emulator):
             words, finish = [], "tool_calls"
         elif isinstance(limit, int) and len(words) > limit:
             words, finish = words[:limit], "length"
-        call = None
+        call: dict[str, Any] | None = None
         if tool is not None:
             call = {
                 "id": f"call_emu_{next(_ids)}",
