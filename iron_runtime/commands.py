@@ -286,13 +286,15 @@ def _row(name: str, b: dict[str, Any]) -> tuple[str, ...]:
 
 def folder_stats(folder: Path, since: int | None = None, recent: int = 10) -> dict[str, Any]:
     """The analytics outbox of a state folder, from ``since`` on; empty figures when it has
-    none."""
+    none. Events older than the router's retention count from their hourly totals (``since``
+    inside such an hour counts the whole hour). Reading never prunes: only a router does,
+    which knows whether a control server still has to take the pending events."""
     from .analytics import Outbox
 
     path = folder / "analytics.sqlite3"
     if not path.exists():
         return {"totals": dict(ZERO), "by_model": {}, "by_provider": {}, "by_day": {}}
-    outbox = Outbox(path)
+    outbox = Outbox(path, retention_s=None)
     try:
         return outbox.stats(recent=recent, since=since)
     finally:
@@ -463,7 +465,10 @@ def stats(args: argparse.Namespace) -> int:
         )
         print(f"\nby provider: {by_provider or '-'}")
     o = data["outbox"]
-    print(f"outbox: {o['sent']} sent, {o['pending']} pending, {o['parked']} parked")
+    print(
+        f"outbox: {o['sent']} sent, {o['pending']} pending, {o['parked']} parked"
+        + (f"; {o['folded']} older ones kept as hourly totals" if o.get("folded") else "")
+    )
     if data["recent"]:
         print("\nrecent requests:")
         for e in data["recent"]:
@@ -502,7 +507,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--since",
         type=since_ms,
-        help="only requests from then on: 30m, 1h, 7d, or a date such as 2025-06-01",
+        help="only requests from then on: 30m, 1h, 7d, or a date such as 2025-06-01 "
+        "(to the hour for requests older than the retention)",
     )
     p.add_argument("--by", choices=BY, default="model", help="the table's rows (default model)")
     p.set_defaults(func=stats)

@@ -3,12 +3,26 @@
 States: ``pending`` (to send), ``sent`` (the server accepted it, or already had it),
 ``parked`` (the server refused it with a 4xx; kept with the reason, never dropped).
 WAL mode with ``synchronous=NORMAL``: a commit survives the process being killed.
+
+Retention: events older than ``retention_s`` (7 days by default) are *folded*: added to
+hourly totals (table ``folded``: UTC hour, provider, model; requests, failures, tokens, cost)
+and deleted, in one transaction, so every statistic (``stats()``) reads the same figures
+before and after. Folded are the ``sent`` events and, when no control server will ever take
+them (``keep_pending=False``), the ``pending`` ones; with a server, a pending event is never
+folded before it is delivered, and a parked one never. ``prune()`` does it; the
+``OutboxWriter`` calls it on its own thread when it starts and every ``prune_every`` seconds,
+a chunk at a time between commits. Opening an outbox, or reading it, never prunes.
+
+A new outbox file has incremental auto-vacuum: once a prune leaves more than a quarter of
+the file free, the free pages are given back to the file system. An outbox created before
+(no auto-vacuum) reuses the pages its prunes free: it stops growing, at its largest size.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -18,6 +32,13 @@ from typing import Any
 from .events import EVENT, Event, stand_in, storable_json
 
 logger = logging.getLogger("iron_runtime")
+
+DAY_S = 86_400
+RETENTION_S = 7 * DAY_S  # the default retention of delivered events
+HOUR_MS = 3_600_000  # the granularity of the folded totals
+PRUNE_CHUNK = 5_000  # events folded in one transaction
+VACUUM_MIN_BYTES = 1 << 20  # free space given back only beyond this much and a quarter
+WAL_LIMIT_BYTES = 8 << 20  # the write-ahead log is truncated to this after a checkpoint
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -29,22 +50,73 @@ CREATE TABLE IF NOT EXISTS events (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS events_state ON events (state, timestamp_ms);
+CREATE TABLE IF NOT EXISTS folded (
+    hour_ms INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    PRIMARY KEY (hour_ms, provider, model)
+) WITHOUT ROWID;
+"""
+
+# An event's body, '{}' for one that is not JSON (never written, but a prune must not be
+# stopped by it).
+_BODY = "(SELECT CASE WHEN json_valid(body) THEN body ELSE '{}' END AS body, timestamp_ms "
+# The figures of events, grouped by (provider, model, ...): TOTAL is a float sum, it cannot
+# overflow.
+_FIGURES = """COALESCE(json_extract(body, '$.provider'), ''),
+    COALESCE(json_extract(body, '$.model'), ''), %s, COUNT(*),
+    TOTAL(json_extract(body, '$.event_type') = 'llm_request_failed'),
+    TOTAL(json_extract(body, '$.input_tokens')), TOTAL(json_extract(body, '$.output_tokens')),
+    TOTAL(json_extract(body, '$.cost_micros'))"""
+
+FOLD = f"""
+INSERT INTO folded (provider, model, hour_ms, requests, failed, input_tokens, output_tokens,
+                    cost_micros)
+SELECT {_FIGURES % f"timestamp_ms - timestamp_ms % {HOUR_MS}"}
+FROM {_BODY} FROM events WHERE state = ? AND timestamp_ms < ?)
+GROUP BY 1, 2, 3
+ON CONFLICT (hour_ms, provider, model) DO UPDATE SET
+    requests = requests + excluded.requests, failed = failed + excluded.failed,
+    input_tokens = input_tokens + excluded.input_tokens,
+    output_tokens = output_tokens + excluded.output_tokens,
+    cost_micros = cost_micros + excluded.cost_micros
 """
 
 
 class Outbox:
     """Thread-safe. Writes go through one connection and reads through another, each behind
     its own lock: in WAL mode a reader never waits for a writer, so ``stats()`` and the sync
-    still answer while a commit waits for the disk or for another process's lock."""
+    still answer while a commit waits for the disk or for another process's lock.
 
-    def __init__(self, path: str | Path) -> None:
+    ``retention_s``: seconds an event is kept as it is before ``prune()`` folds it into the
+    hourly totals (None: kept for ever). ``keep_pending``: True when a control server will
+    take the pending events (they are kept until sent); False when none will (they are
+    folded like sent ones). Both are attributes, read by each ``prune()``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        retention_s: float | None = RETENTION_S,
+        keep_pending: bool = True,
+    ) -> None:
+        if retention_s is not None and not (0 <= retention_s < math.inf):
+            raise ValueError(f"retention_s must be >= 0 seconds or None, got {retention_s!r}")
         self.path = Path(path)
+        self.retention_s = retention_s
+        self.keep_pending = keep_pending
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self._lock = threading.Lock()
         with self._lock:
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file only
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self._db.executescript(SCHEMA)
             self._db.commit()
         self._rdb = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
@@ -139,7 +211,10 @@ class Outbox:
 
     def counts(self) -> dict[str, int]:
         with self._rlock:
-            rows = self._rdb.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall()
+            return self._counts()
+
+    def _counts(self) -> dict[str, int]:
+        rows = self._rdb.execute("SELECT state, COUNT(*) FROM events GROUP BY state").fetchall()
         return {"pending": 0, "sent": 0, "parked": 0, **dict(rows)}
 
     def parked(self) -> list[dict[str, Any]]:
@@ -149,27 +224,116 @@ class Outbox:
             ).fetchall()
         return [{"event_id": i, "reason": r} for i, r in rows]
 
+    # -- retention -----------------------------------------------------------------------
+
+    def prune(self, now_ms: int | None = None, limit: int | None = None) -> int:
+        """Fold the events older than the retention (at ``now_ms``, default now) into the
+        hourly totals and delete them: the sent ones, and the pending ones too unless
+        ``keep_pending``. Each chunk of ``PRUNE_CHUNK`` events is folded and deleted in one
+        transaction; with ``limit``, stops after about that many. Returns how many events
+        were folded. Then gives free pages back (see the module's documentation) once
+        everything due is folded."""
+        if self.retention_s is None:
+            return 0
+        now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        cutoff = now - int(self.retention_s * 1000)
+        folded = 0
+        for state in ("sent",) if self.keep_pending else ("sent", "pending"):
+            while limit is None or folded < limit:
+                chunk = PRUNE_CHUNK if limit is None else min(PRUNE_CHUNK, limit - folded)
+                n = self._fold(state, cutoff, chunk)
+                folded += n
+                if n < chunk:
+                    break
+            else:
+                return folded  # the limit: more may be due
+        if folded:
+            self._reclaim()
+        return folded
+
+    def _fold(self, state: str, cutoff: int, chunk: int) -> int:
+        """Fold and delete the oldest ``chunk`` events of ``state`` older than ``cutoff``
+        (or a few more: those of the same millisecond as the last), in one transaction."""
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT timestamp_ms FROM events WHERE state = ? AND timestamp_ms < ? "
+                    "ORDER BY timestamp_ms LIMIT 1 OFFSET ?",
+                    (state, cutoff, chunk - 1),
+                ).fetchone()
+                upto = cutoff if row is None else min(cutoff, row[0] + 1)
+                self._db.execute(FOLD, (state, upto))
+                deleted = self._db.execute(
+                    "DELETE FROM events WHERE state = ? AND timestamp_ms < ?", (state, upto)
+                ).rowcount
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+        return deleted
+
+    def _reclaim(self) -> None:
+        """With incremental auto-vacuum, give the free pages back to the file system once
+        they are more than a quarter of the file (and more than ``VACUUM_MIN_BYTES``)."""
+        with self._lock:
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                return  # an older file: its free pages are reused
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            if free * 4 > pages and free * size > VACUUM_MIN_BYTES:
+                self._db.execute("PRAGMA incremental_vacuum").fetchall()
+                self._db.commit()
+
+    def file_size(self) -> int:
+        """Bytes on disk: the database file and its write-ahead log."""
+        return sum(
+            f.stat().st_size
+            for f in (self.path, self.path.with_name(self.path.name + "-wal"))
+            if f.exists()
+        )
+
+    # -- statistics ----------------------------------------------------------------------
+
     def stats(self, recent: int = 10, since: int | None = None) -> dict[str, Any]:
         """Totals, by model, by provider and by day (local time, ``YYYY-MM-DD``), and the
         most recent events; with ``since`` (a ``timestamp_ms``), of the events from then on
-        only. ``outbox`` (the sync state) always counts every event."""
+        only. ``outbox`` (the sync state) always counts every event, ``folded`` those kept
+        as hourly totals only.
+
+        The folded events (older than the retention) count by the hour: in ``by_day``, on
+        the local day their hour starts on (exact for a time zone offset by whole hours);
+        with ``since``, a folded hour counts whole when ``since`` falls inside it. The
+        figures are read in one transaction: a prune meanwhile changes none of them."""
         where, params = (
             ("WHERE timestamp_ms >= ?", (int(since),)) if since is not None else ("", ())
         )
-        query = f"""
-            SELECT json_extract(body, '$.provider'), json_extract(body, '$.model'),
-                   json_extract(body, '$.event_type'),
-                   date(timestamp_ms / 1000, 'unixepoch', 'localtime'), COUNT(*),
-                   TOTAL(json_extract(body, '$.input_tokens')),
-                   TOTAL(json_extract(body, '$.output_tokens')),
-                   TOTAL(json_extract(body, '$.cost_micros'))
-            FROM events {where} GROUP BY 1, 2, 3, 4"""  # TOTAL: a float sum, cannot overflow
+        day = "date(timestamp_ms / 1000, 'unixepoch', 'localtime')"
+        raw = f"SELECT {_FIGURES % day} FROM events {where} GROUP BY 1, 2, 3"
+        folded = (
+            "SELECT provider, model, date(hour_ms / 1000, 'unixepoch', 'localtime'), "
+            "TOTAL(requests), TOTAL(failed), TOTAL(input_tokens), TOTAL(output_tokens), "
+            "TOTAL(cost_micros) FROM folded "
+            + ("WHERE hour_ms > ? " if since is not None else "")
+            + "GROUP BY 1, 2, 3"
+        )
         with self._rlock:
-            rows = self._rdb.execute(query, params).fetchall()
-            last = self._rdb.execute(
-                f"SELECT body, state FROM events {where} ORDER BY timestamp_ms DESC LIMIT ?",
-                (*params, recent),
-            ).fetchall()
+            self._rdb.execute("BEGIN")  # one snapshot for every figure
+            try:
+                rows = self._rdb.execute(raw, params).fetchall()
+                rows += self._rdb.execute(
+                    folded, (int(since) - HOUR_MS,) if since is not None else ()
+                ).fetchall()
+                last = self._rdb.execute(
+                    f"SELECT body, state FROM events {where} ORDER BY timestamp_ms DESC LIMIT ?",
+                    (*params, recent),
+                ).fetchall()
+                outbox: dict[str, int] = self._counts()
+                outbox["folded"] = int(
+                    self._rdb.execute("SELECT TOTAL(requests) FROM folded").fetchone()[0]
+                )
+            finally:
+                self._rdb.commit()
         totals = {
             "requests": 0,
             "failed": 0,
@@ -180,17 +344,15 @@ class Outbox:
         by_model: dict[str, dict[str, int]] = {}
         by_provider: dict[str, dict[str, int]] = {}
         by_day: dict[str, dict[str, int]] = {}
-        for provider, model, kind, day, n, tin, tout, cost in rows:
+        for provider, model, day, n, failed, tin, tout, cost in rows:
             for bucket in (
                 totals,
                 by_model.setdefault(model or "?", {}),
                 by_provider.setdefault(provider or "unknown", {}),
                 by_day.setdefault(day or "?", {}),
             ):
-                bucket["requests"] = bucket.get("requests", 0) + n
-                bucket["failed"] = bucket.get("failed", 0) + (
-                    n if kind == "llm_request_failed" else 0
-                )
+                bucket["requests"] = bucket.get("requests", 0) + int(n)
+                bucket["failed"] = bucket.get("failed", 0) + int(failed)
                 bucket["input_tokens"] = bucket.get("input_tokens", 0) + int(tin)
                 bucket["output_tokens"] = bucket.get("output_tokens", 0) + int(tout)
                 bucket["cost_micros"] = bucket.get("cost_micros", 0) + int(cost)
@@ -199,7 +361,7 @@ class Outbox:
             "by_model": by_model,
             "by_provider": by_provider,
             "by_day": by_day,
-            "outbox": self.counts(),
+            "outbox": outbox,
             "recent": [{**json.loads(b), "sync_state": s} for b, s in last],
         }
 
@@ -220,15 +382,25 @@ class OutboxWriter:
     UTF-8 store accepts becomes U+FFFD) or, as a last resort, as a minimal failed event; a
     batch the database refuses for one of its rows is committed row by row, and a row that
     still fails is stored as a minimal failed event. ``stats()`` counts all of this.
+
+    Retention: the writer calls ``outbox.prune()`` when it starts and every ``prune_every``
+    seconds (10 minutes), on its own thread and a chunk (``PRUNE_CHUNK`` events, one
+    transaction) at a time, committing the events queued meanwhile between chunks; a prune
+    that fails is logged and tried again ``prune_every`` seconds later.
     """
 
     RETRY_FIRST = 0.5
     RETRY_MAX = 5.0
     MAX_QUEUED = 100_000  # events kept in memory while the disk fails; the oldest go beyond
+    PRUNE_EVERY = 600.0  # seconds between prunes
 
-    def __init__(self, outbox: Outbox, on_commit=None) -> None:
+    def __init__(self, outbox: Outbox, on_commit=None, prune_every: float = PRUNE_EVERY) -> None:
         self.outbox = outbox
         self.on_commit = on_commit
+        self.prune_every = prune_every
+        self.pruned = 0  # events folded into the hourly totals by this writer
+        self.prune_failures = 0
+        self._next_prune = 0.0  # time.monotonic() of the next prune: at once
         self.committed = 0
         self.repaired = 0  # stored with unstorable text replaced
         self.replaced = 0  # stored as a minimal failed event
@@ -263,6 +435,8 @@ class OutboxWriter:
             "write_failures": self.write_failures,
             "dropped": self.dropped,
             "last_error": self.last_error,
+            "pruned": self.pruned,
+            "prune_failures": self.prune_failures,
         }
 
     def _run(self) -> None:
@@ -271,7 +445,10 @@ class OutboxWriter:
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
-                    self._cond.wait()
+                    due = self._next_prune - time.monotonic()
+                    if due <= 0:
+                        break  # idle, and a prune is due
+                    self._cond.wait(due)
                 if backoff and not self._closed:
                     self._cond.wait_for(lambda: self._closed, backoff)
             if busy and not self._closed:
@@ -284,6 +461,7 @@ class OutboxWriter:
             if not batch:
                 if closed:
                     return
+                self._prune()
                 continue
             busy = len(batch) > 1
             failed = self._commit(batch)
@@ -292,6 +470,8 @@ class OutboxWriter:
             if not failed:
                 backoff = 0.0
                 self._release([done for _, done in batch if done is not None], True)
+                if not closed:
+                    self._prune()
                 continue
             kept = {id(entry) for entry in failed}
             self._release([d for entry in batch if (d := entry[1]) and id(entry) not in kept], True)
@@ -320,6 +500,28 @@ class OutboxWriter:
                     self.dropped,
                     self.MAX_QUEUED,
                 )
+
+    def _prune(self) -> None:
+        """One chunk of ``outbox.prune()`` when one is due; the next right away while the
+        chunks come full (a backlog of events to fold), else ``prune_every`` seconds on."""
+        now = time.monotonic()
+        if now < self._next_prune or self._failing:
+            return
+        try:
+            n = self.outbox.prune(limit=PRUNE_CHUNK)
+        except Exception as e:  # noqa: BLE001 - a locked or failing file: try again later
+            self.prune_failures += 1
+            self._next_prune = now + self.prune_every
+            if self.prune_failures in (1, 5) or self.prune_failures % 50 == 0:
+                logger.warning(
+                    "iron_runtime: analytics outbox prune failed (%s: %s); retrying in %g s",
+                    type(e).__name__,
+                    e,
+                    self.prune_every,
+                )
+            return
+        self.pruned += n
+        self._next_prune = now if n >= PRUNE_CHUNK else now + self.prune_every
 
     def _commit(self, batch: list[tuple[Event, Any]]) -> list[tuple[Event, Any]]:
         """Commit a batch; returns the entries that could not be committed (the database
