@@ -34,6 +34,7 @@ class Ledger:
         self.limit = limit  # micro-dollars; None is unlimited
         self.spent = 0
         self.reserved = 0
+        self.refused = 0  # reservations refused for the limit (answered 402)
 
     def reserve(self, amount: int, detail: str = "") -> Reservation:
         if amount < 0:
@@ -42,9 +43,11 @@ class Ledger:
             limit = self.limit
             if limit is not None:
                 if self.spent + self.reserved >= limit:
+                    self.refused += 1
                     raise BudgetExceeded(self.spent, self.reserved, limit)
                 available = limit - self.spent - self.reserved
                 if amount > available:
+                    self.refused += 1
                     raise InsufficientBudget(available, amount, detail or "worst case")
             self.reserved += amount
             return Reservation(amount, next(_ids))
@@ -66,6 +69,21 @@ class Ledger:
         with self._lock:
             self.limit = limit
 
+    def add_to_limit(self, amount: int) -> None:
+        """Raise the limit by ``amount`` (a lease refresh), atomically."""
+        with self._lock:
+            self.limit = (self.limit or 0) + amount
+
     def status(self) -> tuple[int, int, int | None]:
         with self._lock:
             return self.spent, self.reserved, self.limit
+
+    def report(self) -> dict[str, int | None]:
+        """The figures the admin endpoint shows."""
+        with self._lock:
+            return {
+                "spent_micros": self.spent,
+                "reserved_micros": self.reserved,
+                "limit_micros": self.limit,
+                "refused": self.refused,
+            }

@@ -205,11 +205,11 @@ def upstream_urls(args: argparse.Namespace) -> dict[str, str]:
 def start_router(args: argparse.Namespace, default_token: str) -> LlmRouter:
     """Check the arguments and the environment, each failure as one ``CliError`` line, then
     start the router."""
-    keys = {
+    given = {
         "openai": args.openai_key or os.environ.get("OPENAI_API_KEY"),
         "anthropic": args.anthropic_key or os.environ.get("ANTHROPIC_API_KEY"),
     }
-    keys = {p: k for p, k in keys.items() if k}
+    keys: dict[str, str] = {p: k for p, k in given.items() if k}
     if not (keys or args.provider_key or (args.server_url and args.token)):
         raise CliError(
             "no provider key: set OPENAI_API_KEY or ANTHROPIC_API_KEY (or pass --provider-key),"
@@ -257,7 +257,7 @@ ZERO = {"requests": 0, "failed": 0, "input_tokens": 0, "output_tokens": 0, "cost
 def spend_table(stats: dict[str, Any], by: str = "model") -> str:
     """Requests, failures, tokens and cost, a row per ``by`` (model, provider or day), and the
     total."""
-    rows = [(by, "requests", "failed", "input tok", "output tok", "cost")]
+    rows: list[tuple[str, ...]] = [(by, "requests", "failed", "input tok", "output tok", "cost")]
     for name, b in sorted(stats.get(f"by_{by}", {}).items()):
         rows.append(_row(name or "-", b))
     rows.append(_row("total", stats.get("totals") or ZERO))
@@ -471,15 +471,15 @@ def stats(args: argparse.Namespace) -> int:
     )
     if data["recent"]:
         print("\nrecent requests:")
-        for e in data["recent"]:
-            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["timestamp_ms"] / 1000))
+        for ev in data["recent"]:
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev["timestamp_ms"] / 1000))
             what = (
-                f"{e.get('input_tokens', 0)}→{e.get('output_tokens', 0)} tok "
-                f"{usd(e.get('cost_micros', 0))}"
-                if e["event_type"] == "llm_request_completed"
-                else f"failed: {e.get('error_code')}"
+                f"{ev.get('input_tokens', 0)}→{ev.get('output_tokens', 0)} tok "
+                f"{usd(ev.get('cost_micros', 0))}"
+                if ev["event_type"] == "llm_request_completed"
+                else f"failed: {ev.get('error_code')}"
             )
-            print(f"  {at}  {e.get('provider', '?'):<9} {e.get('model') or '-':<24} {what}")
+            print(f"  {at}  {ev.get('provider', '?'):<9} {ev.get('model') or '-':<24} {what}")
     return 0
 
 

@@ -221,6 +221,20 @@ def method_not_allowed(message: str) -> RouterError:
     return RouterError(405, "invalid_request_error", "method_not_allowed", message)
 
 
+# -- failures recorded in analytics, never answered as such ------------------------------------
+
+
+def connection_failed(message: str) -> RouterError:
+    """The connection to the client or the provider broke before the answer was complete
+    (mitmproxy's own error page, if any, is what the client saw)."""
+    return RouterError(502, "iron_cage_upstream_error", "connection_error", message)
+
+
+def stream_broken(message: str) -> RouterError:
+    """A translated stream ended with an error event (sent to the client in the stream)."""
+    return RouterError(502, "iron_cage_upstream_error", "stream_error", message)
+
+
 # -- the catalogue -------------------------------------------------------------------------
 
 # Every (status, type, code) the router answers itself, for the README's table and its test.

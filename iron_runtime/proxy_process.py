@@ -30,8 +30,9 @@ class Lifecycle:
     """Reports the bound port to the launcher once the router is ready, and stops the proxy
     when the launcher goes."""
 
-    def __init__(self, master: Any, proxyserver: Any, out: Any) -> None:
+    def __init__(self, master: Any, proxyserver: Any, out: Any, services: Any = None) -> None:
         self.master = master
+        self.services = services
         self.proxyserver = proxyserver
         self.out = out
         self.stopping = False
@@ -46,12 +47,12 @@ class Lifecycle:
             self._say({"error": "mitmproxy did not bind its listening socket (see its log above)"})
             self.master.shutdown()
             return
-        ctl = self.master.addons.get("control")
-        if ctl is not None:
+        link = self.services.link if self.services is not None else None
+        if link is not None:
             # With a control server: ready once the first key fetch and lease handshake have
             # ended (bounded), so that the first request never meets a lease still on its way.
-            await ctl.ready()
-        provider = ctl.provider if ctl is not None else "unknown"
+            await link.ready()
+        provider = link.provider if link is not None else "unknown"
         self._say({"port": addrs[0][1], "pid": os.getpid(), "provider": provider})
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._begin_stop)
@@ -126,16 +127,21 @@ async def serve(options: dict[str, Any], out: Any, bare: bool = False) -> None:
     from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 
     from iron_runtime.addons.iron import make_addons
+    from iron_runtime.pipeline import Services
 
     opts = mitm_options.Options()
     master = mitm_master.Master(opts, event_loop=asyncio.get_running_loop())
     ps = proxyserver.Proxyserver()
+    services = Services()
     master.addons.add(
         core.Core(),
         ps,
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
-        AddonGroup([] if bare else make_addons(), Lifecycle(master, ps, out)),
+        AddonGroup(
+            [] if bare else make_addons(services),
+            Lifecycle(master, ps, out, None if bare else services),
+        ),
     )
     # lazy: never connect to the reverse target before the router has chosen the upstream.
     opts.update(connection_strategy="lazy", **options)

@@ -3,7 +3,9 @@ addon ``iron_runtime.addons.intake`` applies them to mitmproxy's HTTP/1 server).
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 
 _HEAD_END = re.compile(rb"\n\r?\n")
 # RFC 9112 §3: method SP request-target SP HTTP-version, nothing else.
@@ -41,3 +43,12 @@ def head_refusal(data: bytes, max_head_bytes: int, max_headers: int) -> tuple[in
     if _FOLDED.search(head, line_end):
         return 400, "obsolete line folding in a header field is not accepted"
     return None
+
+
+_PROCESS_PREFIX = secrets.token_hex(6)
+_request_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A request id unique across router processes: random per process, then a counter."""
+    return f"req_{_PROCESS_PREFIX}{next(_request_counter):08x}"

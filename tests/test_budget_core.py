@@ -389,42 +389,46 @@ def test_price_check_script_passes_on_the_builtin_table_and_catches_bad_rows(tmp
 
 def test_event_for_a_completed_request_counts_every_input_token_once():
     from iron_runtime.analytics.events import event_for
+    from iron_runtime.cost import Usage
+    from iron_runtime.exchange import Exchange
+    from iron_runtime.providers import Provider
 
-    facts = {
-        "provider": "anthropic",
-        "model": "claude-haiku-4-5",
-        "request_id": "r1",
-        "usage": {"input": 10, "output": 5, "cache_read": 100, "cache_write": 20},
-        "cost_micros": 77,
-        "stream": True,
-        "ttft_ms": 3.5,
-    }
-    e = event_for(facts, status=200)
+    x = Exchange("r1", provider=Provider.ANTHROPIC, model="claude-haiku-4-5", stream=True)
+    x.usage = Usage(input=10, output=5, cache_read=100, cache_write=20)
+    x.cost_micros, x.ttft_ms, x.status = 77, 3.5, 200
+    e = event_for(x)
     assert e.event_type == "llm_request_completed"
     assert (e.input_tokens, e.output_tokens, e.cached_tokens, e.cost_micros) == (130, 5, 100, 77)
+    assert e.request_id == "r1" and e.provider == "anthropic" and e.ttft_ms == 3.5
     assert e.wire("ic_tok")["ic_token"] == "ic_tok" and e.wire("ic_tok")["stream"] is True
 
 
 @pytest.mark.parametrize(
-    "facts, status, conn, upstream, code",
+    "error, status, upstream, code, message",
     [
-        (
-            {"error": {"code": "insufficient_budget", "message": "m"}},
-            402,
-            None,
-            "",
-            "insufficient_budget",
-        ),
-        ({}, 429, None, "slow down", "429"),
-        ({}, None, "client disconnected", "", "connection_error"),
-        ({"error": {"message": "cut"}, "stream_complete": False}, 200, None, "", "stream_error"),
+        ("insufficient", 402, "", "insufficient_budget", "m"),
+        (None, 429, "slow down", "429", "slow down"),
+        ("connection", None, "", "connection_error", "client disconnected"),
+        ("connection", 200, "", "connection_error", "client disconnected"),  # cut mid-stream
+        ("stream", 200, "", "stream_error", "cut"),
     ],
 )
-def test_event_for_failures(facts, status, conn, upstream, code):
+def test_event_for_failures(error, status, upstream, code, message):
+    from iron_runtime import errors
     from iron_runtime.analytics.events import event_for
+    from iron_runtime.exchange import Exchange
+    from iron_runtime.providers import Provider
 
-    e = event_for({"provider": "openai", "model": "gpt-4o", **facts}, status, conn, upstream)
+    x = Exchange("r2", provider=Provider.OPENAI, model="gpt-4o", status=status)
+    x.error = {
+        None: None,
+        "insufficient": errors.RouterError(402, "t", "insufficient_budget", "m"),
+        "connection": errors.connection_failed("client disconnected"),
+        "stream": errors.stream_broken("cut"),
+    }[error]
+    e = event_for(x, upstream)
     assert e.event_type == "llm_request_failed" and e.error_code == code
+    assert e.error_message == message and e.status == status and e.request_id == "r2"
 
 
 def test_error_message_of_both_shapes():

@@ -432,7 +432,7 @@ def test_slow_server_lease_is_in_hand_when_the_constructor_returns(
 
 
 def test_server_down_router_starts_within_the_bound_and_answers_503(control, openai_emu, tmp_path):
-    from iron_runtime.addons.control import STARTUP_WAIT
+    from iron_runtime.control import STARTUP_WAIT
 
     control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)
     control.go_down()
@@ -523,7 +523,7 @@ def test_request_waits_for_a_retry_handshake_in_flight(held_control, openai_emu,
 def test_constructor_is_bounded_and_requests_wait_for_the_first_handshake(
     held_control, openai_emu, tmp_path
 ):
-    from iron_runtime.addons.control import STARTUP_WAIT
+    from iron_runtime.control import STARTUP_WAIT
 
     control = held_control
     control.add_agent("ic_agent_1", "openai", openai_emu.api_key, 50_000_000)

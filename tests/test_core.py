@@ -236,6 +236,26 @@ def test_the_readme_error_table_is_the_errors_catalogue():
     assert rows == set(CATALOGUE)
 
 
+def test_the_readme_option_table_is_the_settings_table():
+    import re
+    from pathlib import Path
+
+    from iron_runtime.settings import SETTINGS
+
+    readme = Path(__file__).resolve().parent.parent.joinpath("README.md").read_text()
+    section = readme.split("## mitmdump and mitmweb", 1)[1].split("\n## ", 1)[0]
+    listed: dict[str, str] = {}
+    for line in section.splitlines():
+        m = re.fullmatch(r"\| (`iron_\w+`(?:, `iron_\w+`)*) \|([^|]*)\|.*", line)
+        if m:
+            for name in re.findall(r"`(iron_\w+)`", m.group(1)):
+                listed[name] = m.group(2).strip()
+    assert set(listed) == {s.name for s in SETTINGS}
+    for s in SETTINGS:  # plain defaults are shown as they are
+        if isinstance(s.default, int) and not isinstance(s.default, bool):
+            assert listed[s.name] == str(s.default), s.name
+
+
 def test_every_router_error_is_built_in_the_errors_module():
     from pathlib import Path
 

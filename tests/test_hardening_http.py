@@ -66,15 +66,18 @@ def vm_kib(pid: int, field: str) -> int:
 
 
 def settled_rss(router) -> int:
-    """The router's RSS once start-up work (tokenizer vocabularies loading in the
-    background) is over: the peak so far and the current size agree for a while."""
+    """The router's RSS once start-up work (a tokenizer vocabulary building in the
+    background) is over: the size stays the same for a while. The peak (VmHWM) is then reset
+    to it (``/proc/PID/clear_refs``), so that a later peak measures only what came after."""
     exchange(router.port, post("/v1/chat/completions", router.api_key))
     deadline = time.monotonic() + 30
     last = -1
     while time.monotonic() < deadline:
         rss = vm_kib(router.pid, "VmRSS")
-        if rss == last and vm_kib(router.pid, "VmHWM") - rss < 20 * 1024:
-            return rss
+        if abs(rss - last) < 256:
+            with open(f"/proc/{router.pid}/clear_refs", "w") as f:
+                f.write("5")
+            return vm_kib(router.pid, "VmHWM")
         last = rss
         time.sleep(0.5)
     raise AssertionError("the router's memory did not settle")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import httpx
 import openai
 import pytest
 from mitmproxy import io as mitm_io
+
+from iron_runtime.settings import SETTINGS
 
 from .conftest import free_port, wait_until_serving
 
@@ -182,18 +183,18 @@ from mitmproxy import ctx
 
 def done():
     analytics = ctx.master.addons.get("analytics")
-    sync = analytics.sync
+    recorder = analytics.s.recorder
+    sync = recorder.sync
     with open(os.environ["IRON_READOUT"], "w") as f:
         json.dump({"sync_interval": sync.interval if sync else None,
-                   "flush_deadline": analytics.flush_deadline}, f)
+                   "flush_deadline": analytics.flush_deadline,
+                   "retention_s": recorder.outbox.retention_s,
+                   "keep_pending": recorder.outbox.keep_pending}, f)
 """
 
 
 def declared_iron_options() -> set[str]:
-    names = set()
-    for source in (ROOT / "iron_runtime" / "addons").glob("*.py"):
-        names |= set(re.findall(r'add_option\(\s*"(iron_\w+)"', source.read_text()))
-    return names
+    return {s.name for s in SETTINGS}
 
 
 def start_mitmdump(tmp_path, settings: dict[str, str], env: dict[str, str]):
@@ -247,6 +248,7 @@ DIRECT_OPTIONS = {
     "iron_server_url",
     "iron_sync_interval",
     "iron_flush_deadline",
+    "iron_retention_days",
 }
 SERVER_OPTIONS = {
     "iron_token",
@@ -305,6 +307,7 @@ def test_every_direct_mode_option_takes_effect_through_mitmdump_set(
             "iron_server_url": control.url,
             "iron_sync_interval": "3600",
             "iron_flush_deadline": "0",
+            "iron_retention_days": "30",
         }
         assert set(settings) == DIRECT_OPTIONS
         proc, port = start_mitmdump(tmp_path, settings, {"EMU_OPENAI_KEY": openai_emu.api_key})
@@ -367,9 +370,12 @@ def test_every_direct_mode_option_takes_effect_through_mitmdump_set(
         # and the server (iron_server_url, up all along) received none.
         assert proc.returncode == 0, out
         assert "analytics not all sent before the deadline" in out
+        # iron_retention_days: 30 days; with a server, pending events are never folded
         assert json.loads((tmp_path / "readout.json").read_text()) == {
             "sync_interval": 3600.0,
             "flush_deadline": 0.0,
+            "retention_s": 30 * 86_400,
+            "keep_pending": True,
         }
         outbox = Outbox(state / "analytics.sqlite3")
         try:
@@ -455,6 +461,7 @@ def test_every_server_mode_option_takes_effect_through_mitmdump_set(
         ("iron_sync_interval=soon", "iron_sync_interval must be a number of seconds > 0"),
         ("iron_sync_interval=0", "iron_sync_interval must be a number of seconds > 0"),
         ("iron_flush_deadline=-1", "iron_flush_deadline must be a number of seconds >= 0"),
+        ("iron_retention_days=-1", "iron_retention_days must be >= 0"),
     ],
 )
 def test_mitmdump_refuses_a_bad_duration(tmp_path, setting, message):

@@ -12,36 +12,19 @@ from mitmproxy import http
 
 from iron_runtime import errors
 from iron_runtime.errors import ApiShape, RouterError
+from iron_runtime.exchange import Exchange
 from iron_runtime.headers import CLIENT_CREDENTIALS, REQUEST_ID
 from iron_runtime.keys import mask_secret
+from iron_runtime.wire import new_request_id
 
 logger = logging.getLogger("iron_runtime")
 
 META = "iron"
 
-# Per-flow objects that must not go into flow.metadata (which mitmproxy serializes into
-# flow dumps): the parsed request body, the budget reservation, the stream meter.
-_scratch: dict[str, dict[str, Any]] = {}
 
-
-def scratch(flow: http.HTTPFlow) -> dict[str, Any]:
-    s = _scratch.get(flow.id)
-    if s is None:
-        s = _scratch[flow.id] = {}
-    return s
-
-
-def drop_scratch(flow: http.HTTPFlow) -> dict[str, Any]:
-    """Remove and return the flow's scratch space (done once the flow has ended)."""
-    return _scratch.pop(flow.id, {})
-
-
-def meta(flow: http.HTTPFlow) -> dict[str, Any]:
-    """The per-flow facts of iron_runtime (``flow.metadata["iron"]``), created on first use."""
-    m = flow.metadata.get(META)
-    if m is None:
-        m = flow.metadata[META] = {}
-    return m
+def publish(flow: http.HTTPFlow, x: Exchange) -> None:
+    """Show the exchange's facts so far as ``flow.metadata["iron"]`` (mitmweb, flow dumps)."""
+    flow.metadata[META] = x.summary()
 
 
 _LOCAL_SECRETS = CLIENT_CREDENTIALS | {b"x-iron-admin-secret"}
@@ -67,33 +50,42 @@ def _masked(value: bytes) -> bytes:
     return mask_secret(value.decode("latin-1")).encode()
 
 
-def answer_error(flow: http.HTTPFlow, err: RouterError, shape: ApiShape | None = None) -> None:
+def answer_error(
+    flow: http.HTTPFlow, x: Exchange, err: RouterError, shape: ApiShape | None = None
+) -> None:
     """Answer the flow locally with ``err`` in the client's API shape."""
-    m = meta(flow)
-    shape = shape or ApiShape(m.get("shape", ApiShape.OPENAI))
     flow.response = http.Response.make(
         err.status,
-        err.body(shape),
-        {"content-type": "application/json", REQUEST_ID: m.get("request_id", "")},
+        err.body(shape or x.shape),
+        {"content-type": "application/json", REQUEST_ID: x.request_id},
     )
-    if m.get("client_close"):
+    if x.client_close:
         flow.response.headers["connection"] = "close"
-    m["error"] = {"status": err.status, "type": err.type, "code": err.code, "message": err.message}
-    m["local_answer"] = True
+    x.error, x.status, x.answered_locally = err, err.status, True
     forget_credentials(flow)
+    publish(flow, x)
+
+
+def answer_outcome(flow: http.HTTPFlow, x: Exchange, outcome: RouterError | None) -> None:
+    """Apply a stage's outcome: an error is answered, None lets the request go on."""
+    if outcome is not None:
+        answer_error(flow, x, outcome)
 
 
 def fail_closed(hook: Callable) -> Callable:
     """An exception in a hook answers a 500 JSON error instead of letting the request through
     unmodified (mitmproxy's default); once the response is on its way, the flow is killed.
-    A hook may return a coroutine (mitmproxy awaits it): it is guarded the same way."""
+    A hook may return a coroutine (mitmproxy awaits it): it is guarded the same way. The
+    addon holds the services as ``self.s``."""
 
     def failed(self: Any, flow: http.HTTPFlow) -> None:
         logger.exception("iron_runtime: %s.%s failed", type(self).__name__, hook.__name__)
         if hook.__name__ in ("request", "requestheaders", "http_connect"):
             if flow.response is None:
+                x = self.s.exchanges.start(flow, new_request_id())
                 answer_error(
                     flow,
+                    x,
                     errors.internal_error(
                         "The router failed while handling this request, which was not "
                         "forwarded. The router's log has the details."

@@ -10,29 +10,29 @@ import hmac
 import json
 import os
 import time
+from typing import Any
 
 from mitmproxy import ctx, http
 
-from iron_runtime import errors
+from iron_runtime import errors, settings
+from iron_runtime.pipeline import Services
+from iron_runtime.settings import Loader
+from iron_runtime.wire import new_request_id
 
-from ._glue import answer_error, fail_closed, forget_credentials, meta
+from ._glue import answer_error, fail_closed, forget_credentials
 
 ADMIN_PREFIX = "/_iron/"
 ADMIN_HEADER = "x-iron-admin-secret"
 
 
 class Admin:
-    def __init__(self) -> None:
+    def __init__(self, services: Services | None = None) -> None:
+        self.s = services or Services()
         self.secret = b""
         self.started = time.time()
 
-    def load(self, loader) -> None:
-        loader.add_option(
-            "iron_admin_secret",
-            str,
-            "",
-            "Secret guarding the /_iron/ admin endpoint; empty disables it.",
-        )
+    def load(self, loader: Loader) -> None:
+        settings.declare(loader, "admin")
 
     def configure(self, updated: set[str]) -> None:
         if "iron_admin_secret" in updated:
@@ -42,17 +42,16 @@ class Admin:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not flow.request.path.startswith(ADMIN_PREFIX):
             return
-        m = meta(flow)
-        m["local"] = "admin"
+        x = self.s.exchanges.start(flow, new_request_id())
+        x.local = "admin"
         presented = flow.request.headers.get(ADMIN_HEADER, "").encode()
         if not self.secret or not hmac.compare_digest(presented, self.secret):
-            return answer_error(flow, errors.not_found("No such endpoint."))
+            return answer_error(flow, x, errors.not_found("No such endpoint."))
         command = flow.request.path[len(ADMIN_PREFIX) :].partition("?")[0]
         if command == "status" and flow.request.method == "GET":
             return self._reply(flow, self.status())
         if command == "stats" and flow.request.method == "GET":
-            analytics = ctx.master.addons.get("analytics")
-            return self._reply(flow, analytics.stats() if analytics is not None else {})
+            return self._reply(flow, self.s.recorder.stats())
         if command == "budget" and flow.request.method == "POST":
             try:
                 limit = json.loads(flow.request.content or b"{}").get("limit_usd")
@@ -61,21 +60,20 @@ class Admin:
                 ):
                     raise ValueError("limit_usd must be a number >= 0 or null")
             except (ValueError, AttributeError) as e:
-                return answer_error(flow, errors.bad_request(f"budget: {e}"))
-            ctx.master.addons.get("budget").set_limit_usd(limit)
+                return answer_error(flow, x, errors.bad_request(f"budget: {e}"))
+            self.s.set_budget_usd(limit)
             return self._reply(flow, self.status())
-        return answer_error(flow, errors.not_found(f"Unknown admin command {command!r}."))
+        return answer_error(flow, x, errors.not_found(f"Unknown admin command {command!r}."))
 
-    def status(self) -> dict:
-        budget = ctx.master.addons.get("budget")
+    def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
-            "budget": budget.status() if budget is not None else None,
+            "budget": self.s.ledger.report(),
         }
 
     @staticmethod
-    def _reply(flow: http.HTTPFlow, body: dict) -> None:
+    def _reply(flow: http.HTTPFlow, body: dict[str, Any]) -> None:
         flow.response = http.Response.make(
             200, json.dumps(body), {"content-type": "application/json"}
         )

@@ -43,4 +43,4 @@ def _send(self: _http1.Http1Client, event):
 def install() -> None:
     """Patch mitmproxy's HTTP/1 client (once per process)."""
     if _http1.Http1Client.send is not _send:
-        _http1.Http1Client.send = _send
+        setattr(_http1.Http1Client, "send", _send)  # noqa: B010 - a patch

@@ -27,9 +27,7 @@ mitmproxy keeps the HTTP/1 layer process-wide, so the intake is one object per p
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
-import secrets
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -51,23 +49,14 @@ from mitmproxy.proxy.layers.http._events import (
 
 from iron_runtime import errors
 from iron_runtime.headers import REQUEST_ID
-from iron_runtime.wire import head_refusal
+from iron_runtime.settings import DEFAULT_BODY_LIMIT
+from iron_runtime.wire import head_refusal, new_request_id
 
 logger = logging.getLogger("iron_runtime")
 
-DEFAULT_BODY_LIMIT = 10 * 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 HEAD_DEADLINE_S = 10.0
-
-
-_PROCESS_PREFIX = secrets.token_hex(6)
-_request_counter = itertools.count(1)
-
-
-def new_request_id() -> str:
-    """A request id unique across router processes: random per process, then a counter."""
-    return f"req_{_PROCESS_PREFIX}{next(_request_counter):08x}"
 
 
 @dataclass
@@ -121,6 +110,27 @@ def assemble(response: http.Response, head: bool = False) -> bytes:
     return http1.assemble_response(response)
 
 
+@dataclass(slots=True)
+class _Conn:
+    """What the intake tracks of one client connection."""
+
+    closed: bool = False  # its last answer is written (or the client left mid-body)
+    discarded: int = 0  # bytes dropped after the last answer
+    blank: int = 0  # empty lines before request lines
+    head_started: float | None = None  # time.monotonic() the current head began
+    body_bytes: int = 0  # of the current request
+
+
+_conns: weakref.WeakKeyDictionary[_http1.Http1Server, _Conn] = weakref.WeakKeyDictionary()
+
+
+def _conn(server: _http1.Http1Server) -> _Conn:
+    c = _conns.get(server)
+    if c is None:
+        c = _conns[server] = _Conn()
+    return c
+
+
 def _is_head(server: _http1.Http1Server) -> bool:
     return server.request is not None and server.request.data.method.upper() == b"HEAD"
 
@@ -141,11 +151,12 @@ def _answer_and_close(server: _http1.Http1Server, answer: bytes | None, linger: 
     only safe way to close from outside the connection's own task: mitmproxy cancels that
     task to close, and a cancellation that lands while it is handing over received data
     skips closing the socket."""
-    closed, server.iron_closed = getattr(server, "iron_closed", False), True
+    c = _conn(server)
+    closed, c.closed = c.closed, True
     if answer is not None and not closed:
         yield commands.SendData(server.conn, answer)
     if linger:
-        server.iron_discarded = 0
+        c.discarded = 0
         server.state = functools.partial(_discard, server)
         yield commands.CloseTcpConnection(server.conn, half_close=True)
     else:
@@ -156,9 +167,10 @@ def _answer_and_close(server: _http1.Http1Server, answer: bytes | None, linger: 
 def _discard(server: _http1.Http1Server, event: events.Event):
     """The state of an answered connection: drop what arrives, close once enough came."""
     if isinstance(event, events.DataReceived):
-        server.iron_discarded += len(server.buf)
+        c = _conn(server)
+        c.discarded += len(server.buf)
         server.buf.maybe_extract_at_most(len(server.buf))
-        if server.iron_discarded > 2 * INTAKE.body_limit:
+        if c.discarded > 2 * INTAKE.body_limit:
             server.state = server.done
             yield commands.CloseConnection(server.conn)
 
@@ -169,7 +181,8 @@ _original_send = _http1.Http1Server.send
 _original_make_body_reader = _http1.make_body_reader
 
 
-def _read_headers(self: _http1.Http1Server, event: events.Event):
+def _read_headers(self: _http1.Http1Server, event: events.ConnectionEvent):
+    c = _conn(self)
     if isinstance(event, events.DataReceived) and self.buf:
         data = bytes(self.buf)
         head = data.lstrip(b"\r\n")
@@ -177,17 +190,17 @@ def _read_headers(self: _http1.Http1Server, event: events.Event):
             # Empty lines before a request line are ignored (RFC 9112 §2.2): all of them, at
             # once, but no more than a head's worth on one connection.
             self.buf.maybe_extract_at_most(len(data) - len(head))
-            self.iron_blank = getattr(self, "iron_blank", 0) + len(data) - len(head)
-            if self.iron_blank > INTAKE.max_head_bytes:
+            c.blank += len(data) - len(head)
+            if c.blank > INTAKE.max_head_bytes:
                 INTAKE.refused += 1
                 yield from _refuse(self, 400, "too many empty lines before the request line")
                 return
             if not head:
                 return
-        started = getattr(self, "iron_head_started", None)
+        started = c.head_started
         now = time.monotonic()
         if started is None:
-            self.iron_head_started = now
+            c.head_started = now
         elif now - started > INTAKE.head_deadline_s:
             # a head trickling in byte by byte holds a connection (and a file descriptor)
             INTAKE.refused += 1
@@ -200,11 +213,11 @@ def _read_headers(self: _http1.Http1Server, event: events.Event):
             logger.info("iron_runtime: refused a request head: %s", refusal[1])
             yield from _refuse(self, *refusal)
             return
-    self.iron_body_bytes = 0
-    self.iron_closed = False
+    c.body_bytes = 0
+    c.closed = False
     yield from _original_read_headers(self, event)
     if self.state != self.read_headers:
-        self.iron_head_started = None  # the head is complete: the next one has its own time
+        c.head_started = None  # the head is complete: the next one has its own time
 
 
 def _read_body(self: _http1.Http1Connection, event: events.Event):
@@ -214,7 +227,7 @@ def _read_body(self: _http1.Http1Connection, event: events.Event):
     yield from _read_request_body(self, event)
     if (
         isinstance(event, events.DataReceived)
-        and not getattr(self, "iron_closed", False)
+        and not _conn(self).closed
         and len(self.buf) > INTAKE.max_head_bytes
         and self.state == self.read_body
     ):
@@ -229,10 +242,11 @@ def _read_body(self: _http1.Http1Connection, event: events.Event):
 
 
 def _read_request_body(self: _http1.Http1Server, event: events.Event):
+    c = _conn(self)
     for command in _original_read_body(self, event):
         if isinstance(command, ReceiveHttp) and isinstance(command.event, RequestData):
-            self.iron_body_bytes = getattr(self, "iron_body_bytes", 0) + len(command.event.data)
-            if self.iron_body_bytes > INTAKE.body_limit:
+            c.body_bytes += len(command.event.data)
+            if c.body_bytes > INTAKE.body_limit:
                 message = f"the body is over the router's limit of {INTAKE.body_limit} bytes"
                 page = INTAKE.error_page(413, message, self.request, _is_head(self))
                 yield from _answer_and_close(self, page, linger=True)
@@ -246,7 +260,7 @@ def _read_request_body(self: _http1.Http1Server, event: events.Event):
                 page = INTAKE.error_page(400, "malformed request body framing", self.request)
                 yield from _answer_and_close(self, page, linger=True)
                 continue
-            self.iron_closed = True  # the client left in the middle of its body
+            c.closed = True  # the client left in the middle of its body
         yield command
 
 
@@ -297,8 +311,8 @@ def install() -> None:
     """Patch mitmproxy's HTTP/1 layer (once per process)."""
     if _http1.Http1Server.read_headers is _read_headers:
         return
-    _http1.Http1Server.read_headers = _read_headers
-    _http1.Http1Server.read_body = _read_body
-    _http1.Http1Server.send = _send
+    setattr(_http1.Http1Server, "read_headers", _read_headers)  # noqa: B010 - a patch
+    setattr(_http1.Http1Server, "read_body", _read_body)  # noqa: B010
+    setattr(_http1.Http1Server, "send", _send)  # noqa: B010
     _http1.make_body_reader = _make_body_reader
     _http1.make_error_response = _make_error_response

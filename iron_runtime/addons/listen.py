@@ -61,7 +61,7 @@ async def _listen(self, host, port):
 def install() -> None:
     """Patch mitmproxy's TCP listeners to use ``BACKLOG`` (once per process)."""
     if mode_servers.AsyncioServerInstance.listen is not _listen:
-        mode_servers.AsyncioServerInstance.listen = _listen
+        setattr(mode_servers.AsyncioServerInstance, "listen", _listen)  # noqa: B010 - a patch
 
 
 class Backlog:

@@ -16,9 +16,12 @@ import json
 import re
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+if TYPE_CHECKING:
+    from iron_runtime.exchange import Exchange
 
 
 def _now_ms() -> int:
@@ -102,43 +105,35 @@ def stand_in(event: Any, why: str = "the event could not be stored") -> LlmReque
     )
 
 
-def event_for(
-    facts: dict[str, Any],
-    status: int | None,
-    connection_error: str | None = None,
-    upstream_message: str = "",
-) -> LlmRequestCompleted | LlmRequestFailed:
-    """The event of one request, from the router's facts about it (``flow.metadata["iron"]``):
-    completed for a 2xx answer that ended well, failed otherwise (a local refusal, a
-    provider's error, a broken connection or stream)."""
-    started = facts.get("started") or time.time()
+def event_for(x: Exchange, upstream_message: str = "") -> LlmRequestCompleted | LlmRequestFailed:
+    """The event of one request, from its exchange: completed for a 2xx answer that ended
+    well, failed otherwise (a local refusal, a provider's error status, a broken connection
+    or stream). ``upstream_message`` is the provider's error message, when it sent one."""
     common: dict[str, Any] = {
-        "provider": facts.get("provider") or "unknown",
-        "model": str(facts.get("model") or ""),
-        "request_id": facts.get("request_id"),
-        "latency_ms": round((time.time() - started) * 1000, 1),
-        "ttft_ms": facts.get("ttft_ms"),
-        "stream": bool(facts.get("stream")),
+        "provider": x.provider_name,
+        "model": x.model or "",
+        "request_id": x.request_id,
+        "latency_ms": x.elapsed_ms(),
+        "ttft_ms": x.ttft_ms,
+        "stream": x.stream,
     }
-    error = facts.get("error")
-    cost = int(facts.get("cost_micros") or 0)
-    broken_stream = bool(error) and facts.get("stream_complete") is False
-    if status is not None and 200 <= status < 300 and not connection_error and not broken_stream:
-        usage = facts.get("usage") or {}
-        cache_read = usage.get("cache_read", 0)
+    status, error = x.status, x.error
+    cost = x.cost_micros or 0
+    if status is not None and 200 <= status < 300 and error is None:
+        usage = x.usage
+        known = x.cost_known is not False
+        if usage is None:
+            return LlmRequestCompleted(**common, cost_micros=cost, cost_known=known)
         return LlmRequestCompleted(
             **common,
-            input_tokens=usage.get("input", 0) + cache_read + usage.get("cache_write", 0),
-            output_tokens=usage.get("output", 0),
-            cached_tokens=cache_read,
+            input_tokens=usage.input + usage.cache_read + usage.cache_write,
+            output_tokens=usage.output,
+            cached_tokens=usage.cache_read,
             cost_micros=cost,
-            cost_known=facts.get("cost_known", True) is not False,
+            cost_known=known,
         )
-    if connection_error is not None:
-        code, message = "connection_error", connection_error
-    elif isinstance(error, dict) and (error.get("code") or broken_stream):
-        code = str(error.get("code") or "stream_error")
-        message = str(error.get("message", ""))
+    if error is not None:
+        code, message = error.code, error.message
     else:
         code = str(status) if status is not None else "unknown"
         message = upstream_message

@@ -136,7 +136,8 @@ class Outbox:
             return [(e.event_id, e.timestamp_ms, e.model_dump_json()) for e in events], {}
         except Exception:  # noqa: BLE001 - one event cannot be serialised: the slow path
             pass
-        rows, fixes = [], {}
+        rows: list[tuple[str, int, str]] = []
+        fixes: dict[str, int] = {}
         for e in events:
             body, how = storable_json(e)
             if how != "ok":
@@ -178,7 +179,8 @@ class Outbox:
                     "ORDER BY timestamp_ms, event_id LIMIT ?",
                     (ts, ts, eid, limit),
                 ).fetchall()
-            events, unreadable = [], []
+            events: list[Event] = []
+            unreadable: list[tuple[str, str, str | None]] = []
             for event_id, _ts, body in rows:
                 try:
                     events.append(EVENT.validate_json(body))

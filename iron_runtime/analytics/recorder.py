@@ -1,0 +1,129 @@
+"""The recorder: every request's event committed to the SQLite outbox before the client's
+response completes, then synced to the control server by a background worker.
+
+A response waits for its event's commit at most ``COMMIT_WAIT`` seconds, and not at all once a
+commit has failed: a disk that is full, slow or locked by another process delays answers by
+no more than that, never stops them. Such responses are logged and counted in
+``stats()["outbox"]["writer"]["answered_before_commit"]``; their events stay queued for a
+retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .events import Event
+from .outbox import RETENTION_S, Outbox, OutboxWriter
+from .sync import SyncWorker
+
+logger = logging.getLogger("iron_runtime")
+
+OUTBOX_FILE = "analytics.sqlite3"
+COMMIT_WAIT = 2.0  # seconds a response waits for its event's commit at most
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.outbox: Outbox | None = None
+        self.writer: OutboxWriter | None = None
+        self.sync: SyncWorker | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.answered_before_commit = 0  # responses that went ahead of their event's commit
+
+    def open(
+        self, folder: Path, retention_s: float | None = RETENTION_S, keep_pending: bool = True
+    ) -> None:
+        """Open the outbox in ``folder`` (once; raises what opening it raised): events older
+        than ``retention_s`` are kept as hourly totals, pending ones too unless
+        ``keep_pending`` (a control server will take them)."""
+        if self.outbox is not None:
+            return
+        self.outbox = Outbox(folder / OUTBOX_FILE, retention_s, keep_pending)
+        self.writer = OutboxWriter(self.outbox, on_commit=self._committed)
+
+    def start(self, server_url: str, ic_token: str, interval: float) -> None:
+        """On the event loop, once running: the sync worker, when there is a server."""
+        self.loop = asyncio.get_running_loop()
+        if server_url and self.outbox is not None:
+            self.sync = SyncWorker(self.outbox, server_url, ic_token, interval=interval).start()
+
+    def stop(self, flush_deadline: float) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.sync is not None and not self.sync.stop(flush_deadline):
+            logger.warning(
+                "iron_runtime: analytics not all sent before the deadline; "
+                "the next router on this state_dir sends them"
+            )
+        if self.outbox is not None:
+            self.outbox.close()
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record(self, event: Event) -> asyncio.Future[None] | None:
+        """Queue ``event`` for the outbox; the future resolves once it is committed, or after
+        ``COMMIT_WAIT`` seconds, or at once when the commit failed (on the event loop)."""
+        if self.writer is None:
+            return None
+        loop = asyncio.get_running_loop()
+        committed: asyncio.Future[None] = loop.create_future()
+
+        def settle(ok: bool, why: str = "the outbox failed to commit it") -> None:
+            # On the event loop: the commit, a failed commit, or the timer, whichever is first.
+            if committed.done():
+                return
+            committed.set_result(None)
+            timer.cancel()
+            if not ok:
+                self._went_ahead(event.event_id, why)
+
+        timer = loop.call_later(COMMIT_WAIT, settle, False, f"not committed in {COMMIT_WAIT:g} s")
+        self.writer.submit(event, settle)
+        return committed
+
+    def record_later(self, event: Event) -> None:
+        """Queue ``event`` for the outbox without waiting (a flow that ended in an error)."""
+        if self.writer is not None:
+            self.writer.submit(event)
+
+    def _committed(self, callbacks: list[Callable[[bool], None]], committed: bool) -> None:
+        """From the writer thread: resolve a batch's callbacks on the event loop, at once."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+
+        def resolve() -> None:
+            for done in callbacks:
+                done(committed)
+
+        try:
+            loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits any more
+            pass
+
+    def _went_ahead(self, event_id: str, why: str) -> None:
+        self.answered_before_commit += 1
+        n = self.answered_before_commit
+        if n in (1, 10) or n % 100 == 0:
+            logger.warning(
+                "iron_runtime: a response went ahead of its analytics event %s (%s; %d so far); "
+                "the event is kept for a retry",
+                event_id,
+                why,
+                n,
+            )
+
+    def stats(self) -> dict[str, Any]:
+        if self.outbox is None:
+            return {}
+        data = self.outbox.stats()
+        if self.writer is not None:
+            data["outbox"]["writer"] = {
+                **self.writer.stats(),
+                "answered_before_commit": self.answered_before_commit,
+            }
+        return data
