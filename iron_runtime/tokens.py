@@ -12,7 +12,9 @@ A vocabulary is built when a count first needs it, and only that one: importing 
 and counting empty text build none, so a router without a budget, which counts nothing, never
 holds one. ``warm_up()`` builds the likely one in the background when a budget is set. Built,
 ``o200k_base`` holds about 43 MB and ``cl100k_base`` 23 MB (tiktoken's Rust tables; the
-Python copy of the ranks is dropped).
+Python copy of the ranks is dropped). Where a bound is all that is needed and no vocabulary
+should be built for it, ``count_request_bound`` never counts fewer tokens than
+``count_request`` (exact when the vocabulary is built, else each text's UTF-8 size).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from typing import Any
 
@@ -185,6 +187,23 @@ def count_text(text: str, encoding_name: str = "cl100k_base") -> int:
     return len(encoding(encoding_name).encode_ordinary(text))
 
 
+def byte_bound(text: str) -> int:
+    """An upper bound of ``count_text`` in either vocabulary, with none built: the text's
+    UTF-8 size. Both are byte-level BPE vocabularies, every token stands for one byte or
+    more, and the tokens of a text spell its bytes exactly, so a text never has more tokens
+    than bytes (a lone surrogate, which tiktoken encodes as U+FFFD, is 3 bytes either way).
+    About 4 times the exact count for English text."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def count_text_bound(text: str, encoding_name: str = "cl100k_base") -> int:
+    """``count_text`` if that vocabulary is already built, else ``byte_bound``: never fewer
+    tokens than ``count_text``, and never builds a vocabulary."""
+    if encoding_name in _encodings:
+        return count_text(text, encoding_name)
+    return byte_bound(text)
+
+
 class _Collector:
     """Walks a request body, adding up text to tokenize and fixed-cost items.
 
@@ -247,6 +266,20 @@ def count_request(body: dict[str, Any], model: str, anthropic: bool) -> int:
     """An upper estimate of the input tokens of a chat or messages request (any other JSON
     body: its serialized size in tokens). Raises a 400 ``RouterError`` for content nested
     deeper than ``MAX_JSON_DEPTH``."""
+    return _count_request(body, model, anthropic, count_text)
+
+
+def count_request_bound(body: dict[str, Any], model: str, anthropic: bool) -> int:
+    """Never less than ``count_request`` and never builds a vocabulary: the same count with
+    each text bounded by ``count_text_bound`` (exact if its vocabulary is built, else its
+    UTF-8 size). For an estimate where a bound is all that is needed and no vocabulary
+    should be built for it (a router without a budget pricing a failed request, say)."""
+    return _count_request(body, model, anthropic, count_text_bound)
+
+
+def _count_request(
+    body: dict[str, Any], model: str, anthropic: bool, count: Callable[[str, str], int]
+) -> int:
     c = _Collector()
     messages = body.get("messages")
     if isinstance(messages, list):
@@ -266,5 +299,5 @@ def count_request(body: dict[str, Any], model: str, anthropic: bool) -> int:
     else:
         c.texts.append(_dumps(body))
     name = "cl100k_base" if anthropic else encoding_for(model)
-    tokens = c.fixed + sum(count_text(t, name) for t in c.texts)
+    tokens = c.fixed + sum(count(t, name) for t in c.texts)
     return math.ceil(tokens * CLAUDE_MARGIN) if anthropic else tokens

@@ -194,3 +194,52 @@ def test_a_failed_warm_up_leaves_the_error_to_the_request(fresh, monkeypatch, ca
     assert tokens.loaded() == frozenset()
     with pytest.raises(RuntimeError):
         tokens.count_text("hello", "o200k_base")
+
+
+# -- the vocabulary-free bound ---------------------------------------------------------------
+
+BOUND_TEXTS = [
+    "",
+    "hello world",
+    "Hello, world! " * 50,
+    "Ünïcödé, 漢字かな交じり文, emoji 🚀🔥👩‍👩‍👧",
+    "def f(x):\n\treturn x ** 2  # code\r\n",
+    "1234567890" * 30,
+    " " * 100 + "\n" * 10,
+    "\x00\x01\x7f control bytes",
+    "lone surrogate \ud800 here",
+    "".join(chr(c) for c in range(32, 2000)),
+]
+
+
+def test_the_byte_bound_is_never_below_the_count(fresh):
+    for name in ("o200k_base", "cl100k_base"):
+        for text in BOUND_TEXTS:
+            assert tokens.byte_bound(text) >= tokens.count_text(text, name), (name, text)
+
+
+def test_the_request_bound_builds_nothing_and_never_undercounts(fresh):
+    bodies = [
+        {"messages": [{"role": "user", "content": t}], "system": "be brief"} for t in BOUND_TEXTS
+    ] + [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image"}]},
+                {
+                    "role": "assistant",
+                    "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}],
+                },
+            ],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+        },
+        {"input": "an embeddings-like body, counted as its JSON"},
+    ]
+    cases = [(b, m, a) for b in bodies for m, a in (("gpt-4o", False), ("claude-x", True))]
+    bounds = [tokens.count_request_bound(b, m, a) for b, m, a in cases]
+    assert tokens.loaded() == frozenset()  # no vocabulary built for a bound
+    for (body, model, anthropic), bound in zip(cases, bounds, strict=True):
+        assert bound >= tokens.count_request(body, model, anthropic)
+    # once the vocabulary is built, the bound is the exact count
+    for body, model, anthropic in cases:
+        exact = tokens.count_request(body, model, anthropic)
+        assert tokens.count_request_bound(body, model, anthropic) == exact
