@@ -350,7 +350,8 @@ class ServerLink:
         self, url: str, ic_token: str, *, server_keys: bool, lease: bool, key_ttl: float
     ) -> None:
         if not url:
-            self.started.set_result(None)
+            if not self.started.done():
+                self.started.set_result(None)
             return
         self.server = ControlServer(url, ic_token, timeout=SERVER_TIMEOUT)
         if server_keys:

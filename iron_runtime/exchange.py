@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -27,9 +28,10 @@ Local = Literal["health", "admin"]
 
 
 class Meter(Protocol):
-    """What a stream meter tells the budget: the usage to charge, also for a cut stream."""
+    """What a stream meter tells the budget: the usage to charge, also for a cut stream
+    (``input_estimate`` is called only if the stream did not report its input)."""
 
-    def charged(self, input_estimate: int) -> Usage: ...
+    def charged_with(self, input_estimate: Callable[[], int]) -> Usage: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -61,7 +63,7 @@ class Exchange:
 
     # -- budget (reserve) -------------------------------------------------------------------
     price: ModelPrice | None = None
-    input_estimate: int = 0
+    input_estimate: int | None = None  # None: not counted (no budget to keep within)
     reservation: Reservation | None = None
     cost_known: bool | None = None  # False: the model has no price, recorded without cost
     strip_usage_chunk: bool = False  # the router asked OpenAI for the usage chunk itself
@@ -118,6 +120,7 @@ class Exchange:
                 s["dropped_fields"] = list(t.dropped)
         if self.reservation is not None:
             s["reservation_micros"] = self.reservation.amount
+        if self.input_estimate is not None:
             s["input_estimate"] = self.input_estimate
         if self.cost_known is not None:
             s["cost_known"] = self.cost_known

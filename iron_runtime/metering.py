@@ -3,25 +3,59 @@
 A stream that completes carries the provider's own usage (OpenAI's usage chunk, Anthropic's
 ``message_start`` and ``message_delta``). A stream cut off by either side is charged for its
 input (the provider's count if it sent one, else the reservation's estimate) plus the output
-actually delivered, counted token by token as it passed.
+actually delivered: its text is kept as it passes (counted in slices of ``PENDING_CHARS``)
+and tokenized only when the provider's figures are missing, so a complete stream costs no
+tokenizer work and needs no vocabulary.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .cost import Usage, usage_from
 from .sse import SSEError, SSEParser, parse_block
 from .tokens import count_text
 
+# Delivered text is kept until this many characters, then counted: a stream that reports
+# its usage (nearly all) is never tokenized, and a long one holds at most this much.
+PENDING_CHARS = 64 * 1024
+
 
 class UsageMeter:
+    """The usage of a stream: the provider's own figures as they come, and the output text
+    delivered, counted only if they are missing (a stream cut off before its usage)."""
+
     def __init__(self, encoding_name: str = "cl100k_base") -> None:
         self.encoding = encoding_name
         self.reported: Usage | None = None  # the provider's own numbers, as they come
-        self.delivered = 0  # output tokens counted from the deltas that passed
+        self.counted = 0  # output tokens of the delivered text counted so far
+        self.pending: list[str] = []  # delivered text not counted yet
+        self.pending_chars = 0
         self.complete = False
+
+    def _deliver(self, text: str) -> None:
+        self.pending.append(text)
+        self.pending_chars += len(text)
+        if self.pending_chars > PENDING_CHARS:
+            self.counted += count_text("".join(self.pending), self.encoding)
+            self.pending.clear()
+            self.pending_chars = 0
+
+    @property
+    def any_delivered(self) -> bool:
+        """Whether any output text was delivered (without counting it)."""
+        return bool(self.pending) or self.counted > 0
+
+    @property
+    def delivered(self) -> int:
+        """Output tokens of the text delivered so far (counted now, if not yet)."""
+        if self.pending:
+            self.counted += count_text("".join(self.pending), self.encoding)
+            self.pending.clear()
+            self.pending_chars = 0
+        return self.counted
 
     # Anthropic: message_start carries input (and cache) tokens, message_delta the
     # cumulative output; deltas carry the text, tool arguments and thinking.
@@ -33,7 +67,7 @@ class UsageMeter:
             delta = ev.get("delta") or {}
             text = delta.get("text") or delta.get("partial_json") or delta.get("thinking")
             if text:
-                self.delivered += count_text(text, self.encoding)
+                self._deliver(text)
         elif kind == "message_delta":
             usage = ev.get("usage") or {}
             base = self.reported or Usage()
@@ -71,13 +105,17 @@ class UsageMeter:
                 texts.append((call.get("function") or {}).get("arguments"))
         for text in texts:
             if isinstance(text, str) and text:
-                self.delivered += count_text(text, self.encoding)
+                self._deliver(text)
 
     def charged(self, input_estimate: int) -> Usage:
         """What the request is charged: the provider's usage if the stream completed with
         one, else its input plus the output delivered."""
+        return self.charged_with(lambda: input_estimate)
+
+    def charged_with(self, input_estimate: Callable[[], int]) -> Usage:
+        """``charged``, with the input estimate asked for only when it is needed."""
         reported = self.reported
-        if self.complete and reported is not None and (reported.output or not self.delivered):
+        if self.complete and reported is not None and (reported.output or not self.any_delivered):
             return reported
         if reported is not None and reported.prompt:
             return Usage(
@@ -86,7 +124,7 @@ class UsageMeter:
                 reported.cache_read,
                 reported.cache_write,
             )
-        return Usage(input_estimate, self.delivered)
+        return Usage(input_estimate(), self.delivered)
 
 
 class StreamMeter:

@@ -255,6 +255,12 @@ def reserve(x: Exchange, s: Services, body_size: int) -> Outcome | Awaitable[Out
             )
         x.cost_known = False
         return None
+    if ledger.limit is None:
+        # Nothing to keep within: no count now. The answer's usage is what is charged; the
+        # input is counted only if the answer lacks it (see ``input_estimate``).
+        x.reservation, x.price, x.cost_known = ledger.reserve(0), price, True
+        _prepare_stream(x, body)
+        return None
     if body_size > INLINE_COUNT_BYTES:
         return _reserve_later(x, s, body, model, price)
     try:
@@ -296,12 +302,7 @@ async def _after_lease(x: Exchange, s: Services, body_size: int) -> Outcome:
 def _reserve(
     x: Exchange, s: Services, tokens: int, body: dict[str, Any], model: str, price: ModelPrice
 ) -> Outcome:
-    if is_embeddings(x.path):
-        max_out = 0  # an embedding is billed for its input only
-    else:
-        max_out = requested_max_output(body) or price.max_output_tokens or DEFAULT_MAX_OUTPUT
-        max_out *= choices(body)
-    amount = worst_case_micros(price, tokens, max_out)
+    amount, max_out = worst_case(x, tokens, body, price)
     try:
         detail = f"{tokens} input + {max_out} output tokens of {model}"
         reservation = s.ledger.reserve(amount, detail)
@@ -309,9 +310,40 @@ def _reserve(
         s.link.need_more()  # a lease may be refreshed; the next request can then pass
         return e
     x.reservation, x.price, x.input_estimate, x.cost_known = reservation, price, tokens, True
+    _prepare_stream(x, body)
+    return None
+
+
+def worst_case(
+    x: Exchange, tokens: int, body: dict[str, Any], price: ModelPrice
+) -> tuple[int, int]:
+    """The most the request can cost (µ$) with ``tokens`` of input, and the output tokens
+    that assumes: ``max_tokens`` (or the model's maximum) for each of its choices."""
+    if is_embeddings(x.path):
+        max_out = 0  # an embedding is billed for its input only
+    else:
+        max_out = requested_max_output(body) or price.max_output_tokens or DEFAULT_MAX_OUTPUT
+        max_out *= choices(body)
+    return worst_case_micros(price, tokens, max_out), max_out
+
+
+def _prepare_stream(x: Exchange, body: dict[str, Any]) -> None:
     if body.get("stream") and x.provider is Provider.OPENAI and not x.translated:
         _ask_for_stream_usage(x, body)
-    return None
+
+
+def input_estimate(x: Exchange) -> int:
+    """The input tokens the request was reserved for; counted now for a request reserved
+    without a limit (0 if it cannot be counted)."""
+    if x.input_estimate is None:
+        x.input_estimate = 0
+        model, body = x.upstream_model, x.payload
+        if model and isinstance(body, dict):
+            try:
+                x.input_estimate = input_tokens(x, body, model)
+            except Exception:  # noqa: BLE001 - a recorded estimate, never a failure
+                logger.exception("iron_runtime: counting a request's input tokens failed")
+    return x.input_estimate
 
 
 def _ask_for_stream_usage(x: Exchange, body: dict[str, Any]) -> None:
@@ -422,7 +454,7 @@ def settle(x: Exchange, s: Services, status: int | None, body: Callable[[], byte
         if status is None or not 200 <= status < 300:
             return
         if x.meter is not None:
-            usage = x.meter.charged(x.input_estimate)
+            usage = x.meter.charged_with(lambda: input_estimate(x))
         else:
             answer = x.answer
             if answer is None:
@@ -430,7 +462,7 @@ def settle(x: Exchange, s: Services, status: int | None, body: Callable[[], byte
                     answer = json.loads(body() or b"null")
                 except ValueError:
                     answer = None
-            usage = usage_from(answer) or Usage(x.input_estimate, 0)
+            usage = usage_from(answer) or Usage(input_estimate(x), 0)
         _charge(x, s, usage)
     except Exception:
         logger.exception("iron_runtime: settling a request failed; its reservation is released")
@@ -448,13 +480,15 @@ def settle_failure(x: Exchange, s: Services, answered: bool, reached_provider: b
         return
     try:
         if x.meter is not None and answered:
-            _charge(x, s, x.meter.charged(x.input_estimate))
+            _charge(x, s, x.meter.charged_with(lambda: input_estimate(x)))
         elif reached_provider:
-            s.ledger.settle(reservation, reservation.amount)
-            x.cost_micros, x.cost_estimated = reservation.amount, True
-            s.link.settled(
-                x.request_id, 0, reservation.amount, x.upstream_model or "", x.provider_name
-            )
+            amount = reservation.amount
+            if x.input_estimate is None and x.price is not None and isinstance(x.payload, dict):
+                # reserved without a limit: the worst case is worked out now
+                amount = worst_case(x, input_estimate(x), x.payload, x.price)[0]
+            s.ledger.settle(reservation, amount)
+            x.cost_micros, x.cost_estimated = amount, True
+            s.link.settled(x.request_id, 0, amount, x.upstream_model or "", x.provider_name)
     except Exception:
         logger.exception("iron_runtime: settling a failed request failed")
     finally:

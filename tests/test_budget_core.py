@@ -437,3 +437,22 @@ def test_error_message_of_both_shapes():
     assert error_message_of(b'{"error": {"message": "bad"}}') == "bad"
     assert error_message_of(b'{"type": "error", "error": {"type": "x", "message": "m"}}') == "m"
     assert error_message_of(b"<html>") == ""
+
+
+def test_event_ids_are_unique_random_layout_uuids_also_in_a_forked_child():
+    import os
+    import uuid
+
+    from iron_runtime.analytics.events import new_event_id
+
+    ids = [new_event_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child writes its first id and leaves at once
+        os.write(w, new_event_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 100).decode()
+    assert child[:18] != ids[0][:18]  # its own per-process prefix

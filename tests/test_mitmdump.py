@@ -182,8 +182,9 @@ import json, os
 from mitmproxy import ctx
 
 def done():
-    analytics = ctx.master.addons.get("analytics")
-    recorder = analytics.s.recorder
+    iron = ctx.master.addons.get("iron")
+    analytics = next(p for p in iron.parts if type(p).__name__ == "Analytics")
+    recorder = iron.s.recorder
     sync = recorder.sync
     with open(os.environ["IRON_READOUT"], "w") as f:
         json.dump({"sync_interval": sync.interval if sync else None,

@@ -289,3 +289,73 @@ def test_exchanges_go_with_their_flows():
     assert exchanges.start(f, "r2") is x and exchanges.get(f) is x and len(exchanges) == 1
     del f
     assert len(exchanges) == 0
+
+
+# -- without a budget: no tokenizer work unless a figure is missing ---------------------------
+
+
+@pytest.fixture
+def no_tokenizer(monkeypatch):
+    """Fails the test if anything tokenizes (and so would load a vocabulary)."""
+    from iron_runtime import tokens
+
+    def refuse(name):
+        raise AssertionError(f"vocabulary {name} was needed")
+
+    monkeypatch.setattr(tokens, "encoding", refuse)
+
+
+def test_without_a_budget_an_answered_request_is_never_tokenized(no_tokenizer):
+    s = budgeted(None)
+    x = admitted({**CHAT, "stream": True})
+    assert pipeline.reserve(x, s, 100) is None
+    assert x.reservation.amount == 0 and x.input_estimate is None and x.strip_usage_chunk
+    fn = pipeline.stream(x, 200)
+    chunk = {"choices": [{"index": 0, "delta": {"content": "Hello there"}}]}
+    usage = {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}
+    for event in (chunk, usage):
+        fn(b"data: " + json.dumps(event).encode() + b"\n\n")
+    fn(b"data: [DONE]\n\n")
+    fn(b"")
+    pipeline.settle(x, s, 200, lambda: b"")
+    assert x.usage == Usage(9, 2, 0, 0) and s.ledger.status()[0] == x.cost_micros > 0
+    y = admitted()
+    assert pipeline.reserve(y, s, 100) is None
+    pipeline.settle(y, s, 200, lambda: b'{"usage": {"prompt_tokens": 4, "completion_tokens": 1}}')
+    assert y.usage == Usage(4, 1, 0, 0) and "input_estimate" not in y.summary()
+
+
+def test_without_a_budget_a_cut_stream_is_counted_when_it_ends():
+    s = budgeted(None)
+    x = admitted({**CHAT, "stream": True})
+    assert pipeline.reserve(x, s, 100) is None
+    fn = pipeline.stream(x, 200)
+    fn(b'data: {"choices": [{"index": 0, "delta": {"content": "Hello there"}}]}\n\n')
+    pipeline.settle_failure(x, s, answered=True, reached_provider=True)  # cut: no usage came
+    assert x.input_estimate > 0 and x.usage == Usage(x.input_estimate, 2, 0, 0)
+    assert s.ledger.status()[:2] == (x.cost_micros, 0) and x.cost_micros > 0
+
+
+def test_without_a_budget_an_unanswered_request_is_recorded_at_its_worst_case():
+    s = budgeted(None)
+    x = admitted()
+    assert pipeline.reserve(x, s, 100) is None
+    pipeline.settle_failure(x, s, answered=False, reached_provider=True)
+    with_budget = reserved(budgeted())
+    assert x.cost_estimated and x.cost_micros == with_budget.reservation.amount > 0
+
+
+def test_a_long_stream_without_usage_is_counted_in_slices():
+    from iron_runtime.metering import PENDING_CHARS, UsageMeter
+    from iron_runtime.tokens import count_text
+
+    meter = UsageMeter("o200k_base")
+    text = "word " * 1000
+    n = 3 * PENDING_CHARS // len(text) + 1
+    for _ in range(n):
+        meter.observe_openai({"choices": [{"index": 0, "delta": {"content": text}}]})
+    assert meter.pending_chars <= PENDING_CHARS and meter.counted > 0  # held text is bounded
+    # the text counted as it reads, joined: within a token per delta of counting each alone
+    each_alone = n * count_text(text, "o200k_base")
+    charged = meter.charged(7)
+    assert charged.input == 7 and abs(charged.output - each_alone) <= n

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 import time
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from iron_runtime import errors, settings
+from iron_runtime.exchange import Exchange
+from iron_runtime.headers import REQUEST_ID
 from iron_runtime.pipeline import Services
 from iron_runtime.settings import Loader
 from iron_runtime.wire import new_request_id
@@ -49,20 +52,22 @@ class Admin:
             return answer_error(flow, x, errors.not_found("No such endpoint."))
         command = flow.request.path[len(ADMIN_PREFIX) :].partition("?")[0]
         if command == "status" and flow.request.method == "GET":
-            return self._reply(flow, self.status())
+            return self._reply(flow, x, self.status())
         if command == "stats" and flow.request.method == "GET":
-            return self._reply(flow, self.s.recorder.stats())
+            return self._reply(flow, x, self.s.recorder.stats())
         if command == "budget" and flow.request.method == "POST":
             try:
                 limit = json.loads(flow.request.content or b"{}").get("limit_usd")
                 if limit is not None and (
-                    isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0
+                    isinstance(limit, bool)
+                    or not isinstance(limit, (int, float))
+                    or not 0 <= limit < math.inf
                 ):
-                    raise ValueError("limit_usd must be a number >= 0 or null")
+                    raise ValueError("limit_usd must be a finite number >= 0 or null")
             except (ValueError, AttributeError) as e:
                 return answer_error(flow, x, errors.bad_request(f"budget: {e}"))
             self.s.set_budget_usd(limit)
-            return self._reply(flow, self.status())
+            return self._reply(flow, x, self.status())
         return answer_error(flow, x, errors.not_found(f"Unknown admin command {command!r}."))
 
     def status(self) -> dict[str, Any]:
@@ -73,8 +78,8 @@ class Admin:
         }
 
     @staticmethod
-    def _reply(flow: http.HTTPFlow, body: dict[str, Any]) -> None:
+    def _reply(flow: http.HTTPFlow, x: Exchange, body: dict[str, Any]) -> None:
         flow.response = http.Response.make(
-            200, json.dumps(body), {"content-type": "application/json"}
+            200, json.dumps(body), {"content-type": "application/json", REQUEST_ID: x.request_id}
         )
         forget_credentials(flow)

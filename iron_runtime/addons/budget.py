@@ -23,7 +23,7 @@ from iron_runtime.money import micros_to_usd, usd_to_micros
 from iron_runtime.pipeline import Services
 from iron_runtime.settings import Loader
 
-from ._glue import answer_error, fail_closed
+from ._glue import answer_error, fail_closed, publish
 
 
 class Budget:
@@ -68,6 +68,8 @@ class Budget:
             flow.request.headers["accept-encoding"] = "identity"  # the meter reads the stream
             if x.strip_usage_chunk:  # the router asked for the usage chunk itself
                 flow.request.content = json.dumps(x.payload).encode()
+        if x.reservation is not None or x.cost_known is not None:
+            publish(flow, x)  # what the flow shows while it waits for the provider
 
     def response(self, flow: http.HTTPFlow) -> None:
         x = self.s.exchanges.get(flow)

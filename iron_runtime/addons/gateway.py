@@ -16,7 +16,7 @@ from iron_runtime import pipeline
 from iron_runtime.errors import ApiShape, RouterError
 from iron_runtime.pipeline import Services
 
-from ._glue import answer_error, fail_closed
+from ._glue import answer_error, fail_closed, publish
 
 # Headers only OpenAI understands: not sent to Anthropic.
 _OPENAI_ONLY = ("openai-organization", "openai-project", "openai-beta")
@@ -41,6 +41,7 @@ class Gateway:
         req.headers["accept-encoding"] = "identity"  # the stream is read and rewritten
         for name in _OPENAI_ONLY:
             req.headers.pop(name, None)
+        publish(flow, x)
 
     @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:

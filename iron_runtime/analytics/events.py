@@ -12,8 +12,11 @@ U+FFFD, and as a last resort stores a minimal failed event in its place.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
+import secrets
 import time
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -28,10 +31,32 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_ID_PREFIX = secrets.randbits(64)  # per process
+_id_counter = itertools.count()
+_VERSION_4 = (4 << 76) | (2 << 62)  # the version and variant bits of a random UUID
+
+
+def _reseed() -> None:
+    """A forked child draws its own prefix: it must not repeat its parent's ids."""
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX, _id_counter = secrets.randbits(64), itertools.count()
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
+def new_event_id() -> str:
+    """A UUID in the random (version 4) layout, unique across processes without a system
+    call per event: 60 random bits per process, then a per-process counter."""
+    n = next(_id_counter) & ((1 << 62) - 1)
+    h = "%032x" % ((_ID_PREFIX << 64 & ~(0xF << 76)) | _VERSION_4 | n)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class _EventBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    event_id: str = Field(default_factory=new_event_id)
     timestamp_ms: int = Field(default_factory=_now_ms)
     provider: Literal["openai", "anthropic", "unknown"] = "unknown"
     model: str = ""
