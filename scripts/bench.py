@@ -2,6 +2,7 @@
 """Benchmark: direct to the emulator vs bare mitmproxy vs the iron router, in one run.
 
     .venv/bin/python scripts/bench.py [--duration 2] [--rounds 5] [--only openai|gateway]
+    .venv/bin/python scripts/bench.py --sections memory,burst [--requests 20000] [--streams 1000]
 
 Each emulator (OpenAI, Anthropic) runs in its own process; so do the bare mitmproxy (the
 same lean master, without the iron addons) and the router. Non-streamed load comes from
@@ -16,14 +17,31 @@ Rows:
   openai:  direct, bare mitmproxy, iron router       (OpenAI chat.completions)
   gateway: direct Anthropic, bare mitmproxy, iron router native /v1/messages, and
            iron gateway (OpenAI chat.completions for a Claude model, translated both ways)
+
+Sections (``--sections``, comma-separated; default ``throughput,tokens``, ``all`` for all):
+  throughput  the rows above: req/s, latency, streamed TTFB
+  tokens      how long the reservation's token count takes
+  memory      RSS (VmRSS of the router process, not the launcher) of fresh processes after
+              ``--requests`` requests (wrk, 4 in 5 OpenAI chat for gpt-4o-mini, 1 in 5
+              Anthropic messages for claude-sonnet-4-6): a router without a budget, one with
+              a budget, bare mitmproxy (OpenAI requests only); targets <= 110 / 150 MB
+  burst       ``--streams`` streamed chat completions opened at once (non-blocking connects
+              issued back to back, then one epoll loop) against the router and bare
+              mitmproxy: failures, connect time (connect() until the socket is writable, per
+              connection) and time to the first response byte (from the connect() call);
+              targets 0 failures, every connect <= 100 ms
+The memory and burst sections end with a summary of each target and the figure reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
 import re
+import selectors
 import shutil
 import socket
 import statistics
@@ -35,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iron_runtime import LlmRouter
-from iron_runtime.launcher import start_proxy_process, stop_proxy_process
+from iron_runtime.launcher import _read_line, start_proxy_process, stop_proxy_process
 
 OPENAI_KEY = "sk-bench-openai-key-0123456789"
 ANTHROPIC_KEY = "sk-ant-bench-anthropic-key-0123456789"
@@ -72,7 +90,9 @@ def start_emulator(provider: str, key: str) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
-def wrk(t: Target, connections: int, duration: float, tmp: Path) -> dict:
+def wrk(t: Target, connections: int, duration: float, tmp: Path, limit: int | None = None) -> dict:
+    """One wrk run of ``duration`` seconds; with ``limit``, it stops after that many
+    answers (``duration`` then only bounds it)."""
     script = tmp / "post.lua"
     lines = [
         'wrk.method = "POST"',
@@ -111,6 +131,49 @@ def wrk(t: Target, connections: int, duration: float, tmp: Path) -> dict:
         "p99": pct("99"),
         "bad": int(non2xx.group(1)) if non2xx else 0,
         "errors": errors.group(1) if errors else "",
+    }
+
+
+def wrk_count(t: Target, connections: int, count: int, seconds: float, tmp: Path) -> dict:
+    """Send ``count`` requests with wrk (``connections`` at a time), bounded by ``seconds``:
+    the number answered and how many of them were not 2xx (wrk's own run length is a
+    duration, so the script ends the process at the count)."""
+    script = tmp / "count.lua"
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(json.dumps(t.body))}",
+        'wrk.headers["Content-Type"] = "application/json"',
+        *(f'wrk.headers["{k}"] = "{v}"' for k, v in t.headers.items()),
+        "local answered, bad = 0, 0",
+        "function response(status, headers, body)",
+        "  answered = answered + 1",
+        "  if status < 200 or status > 299 then bad = bad + 1 end",
+        f"  if answered >= {count} then",
+        '    io.write(string.format("answered %d bad %d\\n", answered, bad))',
+        "    io.flush()",
+        "    os.exit(0)",
+        "  end",
+        "end",
+    ]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script)]
+        + [t.url + t.path],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
+    m = re.search(r"answered (\d+) bad (\d+)", out)
+    if m:
+        return {"requests": int(m.group(1)), "bad": int(m.group(2)), "errors": ""}
+    # the time bound came first: wrk's own summary
+    done = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": int(done.group(1)) if done else 0,
+        "bad": int(non2xx.group(1)) if non2xx else 0,
+        "errors": (errors.group(1) if errors else "") + f" (stopped after {seconds:.0f} s)",
     }
 
 
@@ -225,6 +288,9 @@ def ratios(label: str, a: Target, b: Target, conc: list[int]) -> None:
     )
 
 
+SECTIONS = ("throughput", "tokens", "memory", "burst")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per wrk run")
@@ -232,69 +298,96 @@ def main() -> None:
     ap.add_argument("--stream-requests", type=int, default=40)
     ap.add_argument("--concurrency", default="1,10,50")
     ap.add_argument("--only", choices=["openai", "gateway"], default=None)
+    ap.add_argument(
+        "--sections",
+        default="throughput,tokens",
+        help=f"comma-separated, of {', '.join(SECTIONS)}; or all",
+    )
+    ap.add_argument(
+        "--requests", type=int, default=20_000, help="memory: requests before RSS is read"
+    )
+    ap.add_argument(
+        "--memory-seconds", type=float, default=180, help="memory: bound of each wrk load"
+    )
+    ap.add_argument("--streams", type=int, default=1000, help="burst: streams opened at once")
+    ap.add_argument("--burst-seconds", type=float, default=60, help="burst: bound of each burst")
     args = ap.parse_args()
-    if not shutil.which("wrk"):
+    sections = set(SECTIONS) if args.sections == "all" else set(args.sections.split(","))
+    if sections - set(SECTIONS):
+        raise SystemExit(f"unknown section(s): {sorted(sections - set(SECTIONS))}")
+    if sections & {"throughput", "memory"} and not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
-    conc = [int(c) for c in args.concurrency.split(",")]
     os.environ.setdefault("IRON_STATE_DIR", tempfile.mkdtemp(prefix="iron-bench-"))
 
-    stops = []
+    stops: list = []
+    targets: list[tuple[str, str, str]] = []  # (target, figure, verdict)
     try:
         oemu, ourl = start_emulator("openai", OPENAI_KEY)
         aemu, aurl = start_emulator("anthropic", ANTHROPIC_KEY)
         stops += [oemu.kill, aemu.kill]
-        keys = {"openai": OPENAI_KEY, "anthropic": ANTHROPIC_KEY}
         upstreams = {"openai": ourl, "anthropic": aurl}
-        router = LlmRouter(provider_keys=keys, upstreams=upstreams)
-        stops.append(router.stop)
-        budgeted = LlmRouter(provider_keys=keys, upstreams=upstreams, budget=1_000_000)
-        stops.append(budgeted.stop)
-        print(f"router started in {router.startup_seconds:.2f} s", file=sys.stderr)
-        rurl = router.base_url.removesuffix("/v1")
-        bares = {}
-        for name, url in (("openai", ourl), ("anthropic", aurl)):
-            proc, info = start_proxy_process(
-                {"mode": [f"reverse:{url}"], "listen_host": "127.0.0.1", "listen_port": 0},
-                bare=True,
-            )
-            stops.append(lambda p=proc: stop_proxy_process(p))
-            bares[name] = f"http://127.0.0.1:{info['port']}"
-
-        chat = "/v1/chat/completions"
-        okey = {"Authorization": f"Bearer {OPENAI_KEY}"}
-        akey = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
-        token = {"Authorization": f"Bearer {router.api_key}"}
-        openai_rows = [
-            Target("direct", ourl, chat, okey, chat_body("gpt-4o-mini")),
-            Target("bare mitmproxy", bares["openai"], chat, okey, chat_body("gpt-4o-mini")),
-            Target("iron router", rurl, chat, token, chat_body("gpt-4o-mini")),
-            Target(
-                "iron router+budget",
-                budgeted.base_url.removesuffix("/v1"),
-                chat,
-                token,
-                chat_body("gpt-4o-mini"),
-            ),
-        ]
-        gateway_rows = [
-            Target("direct anthropic", aurl, "/v1/messages", akey, messages_body("claude-x")),
-            Target(
-                "bare mitmproxy",
-                bares["anthropic"],
-                "/v1/messages",
-                akey,
-                messages_body("claude-x"),
-            ),
-            Target("iron router native", rurl, "/v1/messages", token, messages_body("claude-x")),
-            Target("iron gateway", rurl, chat, token, chat_body("claude-x")),
-        ]
-        with tempfile.TemporaryDirectory() as tmpdir:
-            for rows, kind in ((openai_rows, "openai"), (gateway_rows, "gateway")):
-                if args.only in (None, kind):
-                    measure(rows, conc, args, Path(tmpdir))
+        if "throughput" in sections:
+            throughput(args, upstreams, stops)
+        if sections & {"memory", "burst"}:
+            with tempfile.TemporaryDirectory() as tmpdir:
+                targets = memory_and_burst(args, sections, upstreams, Path(tmpdir), stops)
     finally:
         for stop in reversed(stops):
             stop()
+    if "tokens" in sections:
+        token_count_timings()
+    if targets:
+        print("\nTargets (issue 11)")
+        for name, figure, verdict in targets:
+            print(f"  {name:<52} {figure:<44} {verdict}")
+
+
+def throughput(args, upstreams: dict[str, str], stops: list) -> None:
+    conc = [int(c) for c in args.concurrency.split(",")]
+    ourl, aurl = upstreams["openai"], upstreams["anthropic"]
+    keys = {"openai": OPENAI_KEY, "anthropic": ANTHROPIC_KEY}
+    router = LlmRouter(provider_keys=keys, upstreams=upstreams)
+    stops.append(router.stop)
+    budgeted = LlmRouter(provider_keys=keys, upstreams=upstreams, budget=1_000_000)
+    stops.append(budgeted.stop)
+    print(f"router started in {router.startup_seconds:.2f} s", file=sys.stderr)
+    rurl = router.base_url.removesuffix("/v1")
+    bares = {}
+    for name, url in (("openai", ourl), ("anthropic", aurl)):
+        bares[name] = start_bare(url, stops)[1]
+
+    chat = "/v1/chat/completions"
+    okey = {"Authorization": f"Bearer {OPENAI_KEY}"}
+    akey = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
+    token = {"Authorization": f"Bearer {router.api_key}"}
+    openai_rows = [
+        Target("direct", ourl, chat, okey, chat_body("gpt-4o-mini")),
+        Target("bare mitmproxy", bares["openai"], chat, okey, chat_body("gpt-4o-mini")),
+        Target("iron router", rurl, chat, token, chat_body("gpt-4o-mini")),
+        Target(
+            "iron router+budget",
+            budgeted.base_url.removesuffix("/v1"),
+            chat,
+            token,
+            chat_body("gpt-4o-mini"),
+        ),
+    ]
+    gateway_rows = [
+        Target("direct anthropic", aurl, "/v1/messages", akey, messages_body("claude-x")),
+        Target(
+            "bare mitmproxy",
+            bares["anthropic"],
+            "/v1/messages",
+            akey,
+            messages_body("claude-x"),
+        ),
+        Target("iron router native", rurl, "/v1/messages", token, messages_body("claude-x")),
+        Target("iron gateway", rurl, chat, token, chat_body("claude-x")),
+    ]
+    with tempfile.TemporaryDirectory() as tmpdir:
+        for rows, kind in ((openai_rows, "openai"), (gateway_rows, "gateway")):
+            if args.only in (None, kind):
+                measure(rows, conc, args, Path(tmpdir))
 
     if args.only in (None, "openai"):
         report("OpenAI", openai_rows, conc, args.duration)
@@ -310,7 +403,329 @@ def main() -> None:
         ratios("gateway / direct", gateway_rows[3], gateway_rows[0], conc)
         ratios("gateway / router native", gateway_rows[3], gateway_rows[2], conc)
     print("(bare mitmproxy buffers SSE unless told to stream: its TTFB is its total time)")
-    token_count_timings()
+
+
+def start_bare(upstream: str, stops: list) -> tuple[int, str]:
+    """Bare mitmproxy (the router's lean master without the iron addons) in reverse mode in
+    front of ``upstream``: its pid and URL."""
+    proc, info = start_proxy_process(
+        {"mode": [f"reverse:{upstream}"], "listen_host": "127.0.0.1", "listen_port": 0},
+        bare=True,
+    )
+    stops.append(lambda: stop_proxy_process(proc))
+    return info["pid"], f"http://127.0.0.1:{info['port']}"
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+CONTROL_BACKLOG = 100  # asyncio's default, what mitmproxy's listeners had
+RSS_TARGET_MB = {"router": 110.0, "router+budget": 150.0}
+CONNECT_TARGET_MS = 100.0
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """VmRSS and VmHWM (the peak) of a process, in MB (MiB)."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def start_router_with_backlog(
+    backlog: int, upstreams: dict[str, str], stops: list
+) -> tuple[int, str]:
+    """The iron router's process with its listen backlog forced to ``backlog`` (this script
+    re-run as the child, ``--child-backlog``): the burst's control row. Its pid and URL."""
+    options = {
+        "mode": [f"reverse:{upstreams['openai']}"],
+        "listen_host": "127.0.0.1",
+        "listen_port": 0,
+        "confdir": str(Path(os.environ["IRON_STATE_DIR"]) / "certs"),
+        "iron_token": "direct",
+        "iron_openai_key": OPENAI_KEY,
+        "iron_anthropic_key": ANTHROPIC_KEY,
+        "iron_openai_upstream": upstreams["openai"],
+        "iron_anthropic_upstream": upstreams["anthropic"],
+        "iron_state_dir": str(Path(os.environ["IRON_STATE_DIR"]) / f"backlog-{backlog}"),
+    }
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-backlog", str(backlog)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+    stops.append(lambda: stop_proxy_process(proc))
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(options).encode() + b"\n")
+    proc.stdin.flush()
+    reply = json.loads(_read_line(proc, 30))
+    if "port" not in reply:
+        raise SystemExit(f"control router did not start: {reply}")
+    return reply["pid"], f"http://127.0.0.1:{reply['port']}"
+
+
+def child_with_backlog(backlog: int) -> None:
+    """Run as the router process, every listener given ``backlog`` instead of listen.BACKLOG."""
+    from iron_runtime import proxy_process
+    from iron_runtime.addons import listen
+
+    original = listen.relisten
+    listen.relisten = lambda server, _=0: original(server, backlog)
+    sys.argv = sys.argv[:1]
+    proxy_process.main()
+
+
+def memory_and_burst(
+    args, sections: set[str], upstreams: dict[str, str], tmp: Path, stops: list
+) -> list[tuple[str, str, str]]:
+    """Fresh processes: a router without a budget, one with a budget, bare mitmproxy. The
+    memory load runs first, then the bursts (whose RSS is shown apart)."""
+    keys = {"openai": OPENAI_KEY, "anthropic": ANTHROPIC_KEY}
+    router = LlmRouter(provider_keys=keys, upstreams=upstreams)
+    stops.append(router.stop)
+    budgeted = LlmRouter(provider_keys=keys, upstreams=upstreams, budget=1_000_000)
+    stops.append(budgeted.stop)
+    bare_pid, bare_url = start_bare(upstreams["openai"], stops)
+    token = {"Authorization": f"Bearer {router.api_key}"}
+    chat = "/v1/chat/completions"
+    procs = {
+        "router": (router.pid, router.base_url.removesuffix("/v1"), token),
+        "router+budget": (budgeted.pid, budgeted.base_url.removesuffix("/v1"), token),
+        "bare mitmproxy": (bare_pid, bare_url, {"Authorization": f"Bearer {OPENAI_KEY}"}),
+    }
+    time.sleep(1.0)  # let start-up settle (a budget's vocabulary warm-up, say)
+    start_rss = {name: rss_mb(pid)[0] for name, (pid, _, _) in procs.items()}
+    targets: list[tuple[str, str, str]] = []
+
+    if "memory" in sections:
+        n = args.requests
+        print(f"\nMemory: RSS of each proxy process after {n:,} requests", file=sys.stderr)
+        print(f"\nMemory: RSS (VmRSS of the proxy process) after {n:,} requests (wrk -c10)")
+        print(f"{'process':<18}{'at start MB':>13}{'after MB':>10}{'peak MB':>9}{'requests':>10}")
+        for name, (pid, url, headers) in procs.items():
+            if name == "bare mitmproxy":
+                loads = [(Target(name, url, chat, headers, chat_body("gpt-4o-mini")), n)]
+            else:
+                anthropic = Target(
+                    name,
+                    url,
+                    "/v1/messages",
+                    token,
+                    messages_body("claude-sonnet-4-6"),
+                )
+                openai_n = n * 4 // 5
+                loads = [
+                    (Target(name, url, chat, headers, chat_body("gpt-4o-mini")), openai_n),
+                    (anthropic, n - openai_n),
+                ]
+            done, problems = 0, []
+            for t, count in loads:
+                r = wrk_count(t, 10, count, args.memory_seconds, tmp)
+                done += r["requests"]
+                if r["bad"] or r["errors"]:
+                    problems.append(f"{t.path}: {r['bad']} non-2xx {r['errors']}")
+            rss, peak = rss_mb(pid)
+            print(f"{name:<18}{start_rss[name]:>13.1f}{rss:>10.1f}{peak:>9.1f}{done:>10,}")
+            if problems:
+                print(f"{'':<18}errors: {'; '.join(problems)}")
+            label = f"RSS after {done:,} requests, {name}"
+            if name in RSS_TARGET_MB:
+                limit = RSS_TARGET_MB[name]
+                verdict = "met" if rss <= limit and not problems else "NOT met"
+                targets.append((label, f"{rss:.1f} MB (target <= {limit:.0f} MB)", verdict))
+            else:
+                targets.append((label, f"{rss:.1f} MB", "(reference)"))
+
+    if "burst" in sections:
+        body = {
+            **chat_body("gpt-4o-mini"),
+            "stream": True,
+            "messages": [{"role": "user", "content": " ".join(["word"] * 20)}],
+        }
+        control_pid, control = start_router_with_backlog(CONTROL_BACKLOG, upstreams, stops)
+        rows = [
+            ("router", procs["router"]),
+            (f"router, backlog {CONTROL_BACKLOG}", (control_pid, control, token)),
+            ("bare mitmproxy", procs["bare mitmproxy"]),
+        ]
+        for _, (_, url, headers) in rows:  # a first request each, out of the measure
+            burst(url, chat, headers, body, 5, 10)
+        results = {}
+        for name, (_, url, headers) in rows:
+            print(f"  burst of {args.streams} streams: {name}", file=sys.stderr, flush=True)
+            results[name] = burst(url, chat, headers, body, args.streams, args.burst_seconds)
+        print(
+            f"\nBurst: {args.streams:,} streamed chat completions opened at once "
+            "(20 chunks, 5 ms apart; bare mitmproxy buffers SSE)"
+        )
+        print(
+            f"{'target':<22}{'backlog':>8}{'ok':>6}{'failed':>8}{'opened in ms':>14}"
+            f"{'connect p50':>13}{'p99':>8}{'max ms':>8}{'>100ms':>8}"
+            f"{'1st byte p50':>14}{'p99':>8}{'max ms':>8}{'RSS MB':>8}"
+        )
+        for name, (pid, url, _) in rows:
+            r = results[name]
+            c, f = r["connect"], r["first_byte"]
+            print(
+                f"{name:<22}{listen_backlog(url):>8}{r['ok']:>6}{r['failed']:>8}{r['opened_ms']:>14.1f}"
+                f"{c['p50']:>13.1f}{c['p99']:>8.1f}{c['max']:>8.1f}{r['slow_connects']:>8}"
+                f"{f['p50']:>14.1f}{f['p99']:>8.1f}{f['max']:>8.1f}{rss_mb(pid)[0]:>8.1f}"
+            )
+            if r["errors"]:
+                print(f"{'':<22}failures: {r['errors']}")
+            met = r["failed"] == 0 and c["max"] <= CONNECT_TARGET_MS
+            targets.append(
+                (
+                    f"burst of {args.streams:,} streams, {name}",
+                    f"{r['failed']} failed, connect max {c['max']:.0f} ms p99 {c['p99']:.0f} ms"
+                    " (target 0, <= 100 ms)",
+                    ("met" if met else "NOT met") if name == "router" else "(reference)",
+                )
+            )
+        print("(connect: connect() until the socket is writable; first byte: from connect())")
+    return targets
+
+
+# -- burst -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    sock: socket.socket
+    started: float
+    connected: float | None = None
+    first_byte: float | None = None
+    head: bytes = b""
+    tail: bytes = b""
+    error: str | None = None
+
+
+def burst(url: str, path: str, headers: dict[str, str], body: dict, n: int, seconds: float):
+    """Open ``n`` connections at once (non-blocking connects issued back to back, the ready
+    ones polled every 16 connects), send each its streamed request as soon as it is
+    connected, read every answer to the end, all in one epoll loop bounded by ``seconds``.
+    A stream succeeds with a 200 that ends with ``data: [DONE]`` and the connection closed
+    by the server."""
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
+        f"Content-Type: application/json\r\nx-emulator-chunk-delay: 0.005\r\n"
+        f"Connection: close\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    sel = selectors.DefaultSelector()
+    streams: list[Stream] = []
+    live = 0
+
+    def handle(timeout: float) -> None:
+        nonlocal live
+        for key, _ in sel.select(timeout):
+            st: Stream = key.data
+            now = time.perf_counter()
+            if st.connected is None:
+                err = st.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    st.error = f"connect: {os.strerror(err)}"
+                else:
+                    st.connected = now
+                    try:
+                        st.sock.sendall(request)  # small: fits the send buffer
+                        sel.modify(st.sock, selectors.EVENT_READ, st)
+                        continue
+                    except OSError as e:
+                        st.error = f"send: {e}"
+            else:
+                try:
+                    data = st.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    data, st.error = b"", f"recv: {e}"
+                if data:
+                    if st.first_byte is None:
+                        st.first_byte = now
+                    if len(st.head) < 64:
+                        st.head += data[:64]
+                    st.tail = (st.tail + data)[-64:]
+                    continue
+            sel.unregister(st.sock)
+            st.sock.close()
+            live -= 1
+
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    try:
+        for i in range(n):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            st = Stream(sock, time.perf_counter())
+            streams.append(st)
+            err = sock.connect_ex((host, int(port)))
+            if err not in (0, errno.EINPROGRESS):
+                st.error = f"connect: {os.strerror(err)}"
+                sock.close()
+                continue
+            sel.register(sock, selectors.EVENT_WRITE, st)
+            live += 1
+            if i % 16 == 15:  # as a client would: send on the connections already made
+                handle(0)
+        opened_ms = (time.perf_counter() - t0) * 1000
+        while live and time.perf_counter() < deadline:
+            handle(min(0.5, max(0.0, deadline - time.perf_counter())))
+    finally:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+        sel.close()
+    errors: dict[str, int] = {}
+    connect, first = [], []
+    slow = 0
+    for st in streams:
+        if st.connected is not None:
+            connect.append((st.connected - st.started) * 1000)
+            slow += connect[-1] > CONNECT_TARGET_MS
+        if st.error is None:
+            if st.connected is None:
+                st.error = "not connected in time"
+            elif not st.head.startswith(b"HTTP/1.1 200"):
+                st.error = f"answer {st.head[:12]!r}" if st.head else "no answer"
+            elif b"[DONE]" not in st.tail:
+                st.error = "stream incomplete"
+        if st.first_byte is not None:
+            first.append((st.first_byte - st.started) * 1000)
+        if st.error is not None:
+            kind = st.error.split(":")[0] if ":" in st.error else st.error
+            errors[kind] = errors.get(kind, 0) + 1
+    failed = sum(errors.values())
+    return {
+        "ok": n - failed,
+        "failed": failed,
+        "errors": ", ".join(f"{k}: {v}" for k, v in sorted(errors.items())),
+        "opened_ms": opened_ms,
+        "connect": _stats(connect),
+        "first_byte": _stats(first),
+        "slow_connects": slow,
+    }
+
+
+def listen_backlog(url: str) -> str:
+    """The listen backlog of the socket behind ``url`` (``ss``: Send-Q of a listener)."""
+    port = url.rsplit(":", 1)[1]
+    if not shutil.which("ss"):
+        return "?"
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+    fields = out.stdout.split()
+    return fields[2] if len(fields) > 2 else "?"
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    values = sorted(values)
+    return {
+        "p50": values[len(values) // 2],
+        "p99": values[min(len(values) - 1, math.ceil(len(values) * 0.99) - 1)],
+        "max": values[-1],
+    }
 
 
 def token_count_timings() -> None:
@@ -344,4 +759,7 @@ def token_count_timings() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--child-backlog":
+        child_with_backlog(int(sys.argv[2]))
+    else:
+        main()
