@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,11 +144,14 @@ def _is_token_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def embedding_input_tokens(body: dict[str, Any], model: str) -> int:
+def embedding_input_tokens(
+    body: dict[str, Any], model: str, count_text: Callable[[str, str], int] = count_text
+) -> int:
     """The input tokens an embeddings request is billed for (its ``usage.prompt_tokens``),
     never fewer: a string, or each string of a list, counted with the model's encoding
     (what OpenAI counts); token ids (a list of integers, or a list of such lists) one each,
-    as given. Anything else counts as its JSON text, which is more than it can be billed."""
+    as given. Anything else counts as its JSON text, which is more than it can be billed.
+    ``count_text`` may be an estimate (for a figure only recorded)."""
     name = encoding_for(model)
     value = body.get("input")
     if isinstance(value, str):

@@ -29,6 +29,7 @@ class UsageMeter:
 
     def __init__(self, encoding_name: str = "cl100k_base") -> None:
         self.encoding = encoding_name
+        self.count: Callable[[str, str], int] = count_text  # or an estimate, for the record
         self.reported: Usage | None = None  # the provider's own numbers, as they come
         self.counted = 0  # output tokens of the delivered text counted so far
         self.pending: list[str] = []  # delivered text not counted yet
@@ -39,7 +40,7 @@ class UsageMeter:
         self.pending.append(text)
         self.pending_chars += len(text)
         if self.pending_chars > PENDING_CHARS:
-            self.counted += count_text("".join(self.pending), self.encoding)
+            self.counted += self.count("".join(self.pending), self.encoding)
             self.pending.clear()
             self.pending_chars = 0
 
@@ -52,7 +53,7 @@ class UsageMeter:
     def delivered(self) -> int:
         """Output tokens of the text delivered so far (counted now, if not yet)."""
         if self.pending:
-            self.counted += count_text("".join(self.pending), self.encoding)
+            self.counted += self.count("".join(self.pending), self.encoding)
             self.pending.clear()
             self.pending_chars = 0
         return self.counted

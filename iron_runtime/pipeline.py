@@ -52,7 +52,13 @@ from .money import usd_to_micros
 from .payload import model_of, parse_json_body
 from .pricing import ModelPrice, PriceTable
 from .providers import Provider
-from .tokens import count_request, encoding_for
+from .tokens import (
+    count_request,
+    count_request_estimate,
+    count_text,
+    count_text_estimate,
+    encoding_for,
+)
 from .upstreams import Upstream
 
 logger = logging.getLogger("iron_runtime")
@@ -270,12 +276,14 @@ def reserve(x: Exchange, s: Services, body_size: int) -> Outcome | Awaitable[Out
     return _reserve(x, s, tokens, body, model, price)
 
 
-def input_tokens(x: Exchange, body: dict[str, Any], model: str) -> int:
+def input_tokens(x: Exchange, body: dict[str, Any], model: str, estimate: bool = False) -> int:
     """The input tokens a request is reserved for: an embeddings request's inputs (strings
-    counted, token ids as given), else its prompt as the provider's tokenizer sees it."""
+    counted, token ids as given), else its prompt as the provider's tokenizer sees it.
+    ``estimate``: a figure only recorded, counted without building a vocabulary."""
     if is_embeddings(x.path):
-        return embedding_input_tokens(body, model)
-    return count_request(body, model, x.provider is Provider.ANTHROPIC)
+        return embedding_input_tokens(body, model, count_text_estimate if estimate else count_text)
+    counter = count_request_estimate if estimate else count_request
+    return counter(body, model, x.provider is Provider.ANTHROPIC)
 
 
 async def _reserve_later(
@@ -333,14 +341,15 @@ def _prepare_stream(x: Exchange, body: dict[str, Any]) -> None:
 
 
 def input_estimate(x: Exchange) -> int:
-    """The input tokens the request was reserved for; counted now for a request reserved
-    without a limit (0 if it cannot be counted)."""
+    """The input tokens the request was reserved for; for a request reserved without a
+    limit, estimated now without building a vocabulary (exact if it is built; 0 if the
+    body cannot be counted): a figure for the record, not for a budget."""
     if x.input_estimate is None:
         x.input_estimate = 0
         model, body = x.upstream_model, x.payload
         if model and isinstance(body, dict):
             try:
-                x.input_estimate = input_tokens(x, body, model)
+                x.input_estimate = input_tokens(x, body, model, estimate=True)
             except Exception:  # noqa: BLE001 - a recorded estimate, never a failure
                 logger.exception("iron_runtime: counting a request's input tokens failed")
     return x.input_estimate
@@ -370,8 +379,11 @@ def stream(x: Exchange, status: int) -> StreamFn | None:
     one; None when the bytes pass through untouched. The function follows mitmproxy's stream
     contract: fed raw bytes, ``b""`` at the end, returning ``[]`` for "nothing yet"."""
     ok = 200 <= status < 300
+    # reserved without a limit: delivered text is only recorded, never built a vocabulary for
+    count = count_text_estimate if x.input_estimate is None else count_text
     if x.translation is not None and ok:
         translator = GatewayStream(x.model or "", x.translation.include_usage)
+        translator.meter.count = count
         x.meter = translator.meter
         return _translating(x, translator)
     if x.reservation is not None:
@@ -380,6 +392,7 @@ def stream(x: Exchange, status: int) -> StreamFn | None:
             encoding_for(x.model or ""),
             x.strip_usage_chunk,
         )
+        meter.meter.count = count
         x.meter = meter.meter
         return _metering(meter)
     return None

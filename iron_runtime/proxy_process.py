@@ -126,22 +126,23 @@ async def serve(options: dict[str, Any], out: Any, bare: bool = False) -> None:
     from mitmproxy import options as mitm_options
     from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 
-    from iron_runtime.addons.iron import make_addons
-    from iron_runtime.pipeline import Services
-
     opts = mitm_options.Options()
     master = mitm_master.Master(opts, event_loop=asyncio.get_running_loop())
     ps = proxyserver.Proxyserver()
-    services = Services()
+    iron: list[Any] = []
+    services = None
+    if not bare:  # bare: mitmproxy as it comes (not even the intake, egress or backlog patches)
+        from iron_runtime.addons.iron import make_addons
+        from iron_runtime.pipeline import Services
+
+        services = Services()
+        iron = make_addons(services)
     master.addons.add(
         core.Core(),
         ps,
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
-        AddonGroup(
-            [] if bare else make_addons(services),
-            Lifecycle(master, ps, out, None if bare else services),
-        ),
+        AddonGroup(iron, Lifecycle(master, ps, out, services)),
     )
     # lazy: never connect to the reverse target before the router has chosen the upstream.
     opts.update(connection_strategy="lazy", **options)

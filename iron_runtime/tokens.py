@@ -204,6 +204,18 @@ def count_text_bound(text: str, encoding_name: str = "cl100k_base") -> int:
     return byte_bound(text)
 
 
+BYTES_PER_TOKEN = 4  # English text in either vocabulary, on average
+
+
+def count_text_estimate(text: str, encoding_name: str = "cl100k_base") -> int:
+    """``count_text`` if that vocabulary is already built, else an estimate that builds
+    none: a token per ``BYTES_PER_TOKEN`` UTF-8 bytes. For figures that are only recorded
+    (a router without a budget), never for a reservation: it can count too few."""
+    if encoding_name in _encodings:
+        return count_text(text, encoding_name)
+    return -(-byte_bound(text) // BYTES_PER_TOKEN)
+
+
 class _Collector:
     """Walks a request body, adding up text to tokenize and fixed-cost items.
 
@@ -275,6 +287,12 @@ def count_request_bound(body: dict[str, Any], model: str, anthropic: bool) -> in
     UTF-8 size). For an estimate where a bound is all that is needed and no vocabulary
     should be built for it (a router without a budget pricing a failed request, say)."""
     return _count_request(body, model, anthropic, count_text_bound)
+
+
+def count_request_estimate(body: dict[str, Any], model: str, anthropic: bool) -> int:
+    """``count_request`` with each text counted by ``count_text_estimate``: exact once the
+    vocabulary is built, never building one. For recorded figures only."""
+    return _count_request(body, model, anthropic, count_text_estimate)
 
 
 def _count_request(
