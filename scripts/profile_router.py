@@ -94,7 +94,20 @@ def report(raw: str, top: int, load: dict) -> None:
         for f in set(frames):
             total[f] += n
     print(f"load: {load['rps']:.0f} req/s, p50 {load['p50']:.2f} ms; {samples} samples\n")
-    for title, counter in (("own time", own), ("total time (with callees)", total)):
+    by_package: collections.Counter[str] = collections.Counter()
+    for name, n in own.items():
+        where = name.rpartition(" ")[2]
+        by_package[where.split("/", 1)[0] if "/" in where else "other"] += n
+    print("-- own time by package")
+    for name, n in by_package.most_common():
+        print(f"{100 * n / max(samples, 1):6.1f}%  {name}")
+    print()
+    ours = collections.Counter({k: v for k, v in total.items() if "iron_runtime/" in k})
+    for title, counter in (
+        ("own time", own),
+        ("total time (with callees)", total),
+        ("total time of iron_runtime functions", ours),
+    ):
         print(f"-- {title}")
         for name, n in counter.most_common(top):
             print(f"{100 * n / max(samples, 1):6.1f}%  {name}")

@@ -146,6 +146,36 @@ class Outbox:
             rows.append((e.event_id, e.timestamp_ms, body))
         return rows, fixes
 
+    def loop_connection(self) -> sqlite3.Connection:
+        """A connection for commits made on the proxy's event loop: it waits at most
+        ``LOOP_LOCK_WAIT`` seconds for a lock (the writer thread's short transactions;
+        held longer, by another process say, the commit fails and the rows go to the writer
+        thread) and never checkpoints (a checkpoint syncs the file: ``checkpoint()`` runs
+        it on the writer thread instead)."""
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=LOOP_LOCK_WAIT)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        return conn
+
+    @staticmethod
+    def insert_with(conn: sqlite3.Connection, rows: list[tuple[str, int, str]]) -> None:
+        """``insert`` on ``conn`` (see ``loop_connection``), in one transaction."""
+        try:
+            conn.executemany(
+                "INSERT OR IGNORE INTO events (event_id, timestamp_ms, body) VALUES (?, ?, ?)",
+                rows,
+            )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file where no reader needs it (the
+        commits of ``loop_connection`` leave this to the writer thread)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def insert(self, rows: list[tuple[str, int, str]]) -> None:
         """Commit rows made by ``rows()``, in one transaction (all or none)."""
         with self._lock:
@@ -368,6 +398,9 @@ class Outbox:
         }
 
 
+LOOP_LOCK_WAIT = 0.01  # seconds a commit on the event loop waits for the write lock at most
+
+
 class OutboxWriter:
     """Commits events on its own thread, in batches, so that the proxy's event loop never
     waits for the disk.
@@ -413,6 +446,8 @@ class OutboxWriter:
         self._cond = threading.Condition()
         self._closed = False
         self._failing = False  # the last commit failed: nobody waits for the next one
+        self._checkpoint = False  # a checkpoint was asked for (commits made on the loop)
+        self.checkpoints = 0
         self._thread = threading.Thread(target=self._run, name="iron-outbox", daemon=True)
         self._thread.start()
 
@@ -439,6 +474,7 @@ class OutboxWriter:
             "last_error": self.last_error,
             "pruned": self.pruned,
             "prune_failures": self.prune_failures,
+            "checkpoints": self.checkpoints,
         }
 
     def _run(self) -> None:
@@ -446,7 +482,7 @@ class OutboxWriter:
         backoff = 0.0
         while True:
             with self._cond:
-                while not self._queue and not self._closed:
+                while not self._queue and not self._closed and not self._checkpoint:
                     due = self._next_prune - time.monotonic()
                     if due <= 0:
                         break  # idle, and a prune is due
@@ -460,6 +496,9 @@ class OutboxWriter:
             with self._cond:
                 batch, self._queue = self._queue, []
                 closed = self._closed
+                checkpoint, self._checkpoint = self._checkpoint, False
+            if checkpoint:
+                self._run_checkpoint()
             if not batch:
                 if closed:
                     return
@@ -502,6 +541,24 @@ class OutboxWriter:
                     self.dropped,
                     self.MAX_QUEUED,
                 )
+
+    def note_committed(self, n: int, fixes: dict[str, int]) -> None:
+        """Count ``n`` events committed elsewhere (on the event loop), with their repairs."""
+        self._count(fixes)
+        self.committed += n
+
+    def request_checkpoint(self) -> None:
+        """Ask for a checkpoint on the writer thread (after commits made on the loop)."""
+        with self._cond:
+            self._checkpoint = True
+            self._cond.notify()
+
+    def _run_checkpoint(self) -> None:
+        try:
+            self.outbox.checkpoint()
+            self.checkpoints += 1
+        except Exception as e:  # noqa: BLE001 - a busy or failing file: the next one will do
+            self.last_error = f"checkpoint: {type(e).__name__}: {e}"
 
     def _prune(self) -> None:
         """One chunk of ``outbox.prune()`` when one is due; the next right away while the
