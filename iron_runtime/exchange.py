@@ -10,6 +10,7 @@ traffic needs is its ``summary()``, a JSON-safe dict the addons publish as
 
 from __future__ import annotations
 
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -106,18 +107,18 @@ class Exchange:
             s["local"] = self.local
         if self.provider is not None:
             s["provider"] = self.provider.value
-            s["model"] = self.model
+            s["model"] = storable(self.model)
             s["route"] = self.route
-            s["path"] = self.path
+            s["path"] = storable(self.path)
             s["stream"] = self.stream
         if self.upstream is not None:
             s["upstream"] = self.upstream.url
         t = self.translation
         if t is not None:
             s["translated"] = True
-            s["upstream_model"] = t.model
+            s["upstream_model"] = storable(t.model)
             if t.dropped:
-                s["dropped_fields"] = list(t.dropped)
+                s["dropped_fields"] = [storable(f) for f in t.dropped]
         if self.reservation is not None:
             s["reservation_micros"] = self.reservation.amount
         if self.input_estimate is not None:
@@ -140,8 +141,22 @@ class Exchange:
             s["stream_complete"] = self.stream_complete
         if self.error is not None:
             e = self.error
-            s["error"] = {"status": e.status, "type": e.type, "code": e.code, "message": e.message}
+            s["error"] = {
+                "status": e.status,
+                "type": e.type,
+                "code": e.code,
+                "message": storable(e.message),
+            }
         return s
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def storable(value: str | None) -> str | None:
+    """``value`` storable in a flow dump: a lone UTF-16 surrogate (from a JSON ``\\ud800``
+    escape) becomes U+FFFD, since mitmproxy writes dumps as UTF-8."""
+    return _SURROGATES.sub("\ufffd", value) if value else value
 
 
 class Exchanges[F]:
@@ -156,12 +171,16 @@ class Exchanges[F]:
     def get(self, flow: F) -> Exchange | None:
         return self._by_flow.get(flow)
 
-    def start(self, flow: F, request_id: str) -> Exchange:
-        """The flow's exchange, created with ``request_id`` if it has none yet."""
+    def start(self, flow: F, new_id: Callable[[], str]) -> Exchange:
+        """The flow's exchange, created with the id ``new_id()`` gives if it has none yet."""
         x = self._by_flow.get(flow)
         if x is None:
-            x = self._by_flow[flow] = Exchange(request_id)
+            x = self._by_flow[flow] = Exchange(new_id())
         return x
+
+    def live(self) -> list[Exchange]:
+        """The exchanges of the flows still alive."""
+        return list(self._by_flow.values())
 
     def __len__(self) -> int:
         return len(self._by_flow)

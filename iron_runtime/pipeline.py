@@ -259,7 +259,9 @@ def reserve(x: Exchange, s: Services, body_size: int) -> Outcome | Awaitable[Out
                 "cost_known=false",
                 model,
             )
-        x.cost_known = False
+        # no cost, but the usage is still read and recorded
+        x.reservation, x.cost_known = ledger.reserve(0), False
+        _prepare_stream(x, body)
         return None
     if ledger.limit is None:
         # Nothing to keep within: no count now. The answer's usage is what is charged; the
@@ -350,6 +352,7 @@ def input_estimate(x: Exchange) -> int:
         if model and isinstance(body, dict):
             try:
                 x.input_estimate = input_tokens(x, body, model, estimate=True)
+                x.cost_estimated = True  # counted as a figure for the record, maybe estimated
             except Exception:  # noqa: BLE001 - a recorded estimate, never a failure
                 logger.exception("iron_runtime: counting a request's input tokens failed")
     return x.input_estimate
@@ -461,7 +464,7 @@ def settle(x: Exchange, s: Services, status: int | None, body: Callable[[], byte
     the answer's usage otherwise (``body`` reads it), released for an error status
     (providers do not bill refused requests). The reservation always ends here."""
     reservation = x.reservation
-    if reservation is None:
+    if reservation is None or reservation.done:
         return
     try:
         if status is None or not 200 <= status < 300:
@@ -489,12 +492,12 @@ def settle_failure(x: Exchange, s: Services, answered: bool, reached_provider: b
     provider had, with no answer, at the worst case (it may well be billed in full); a
     connection that failed before that costs nothing. The reservation always ends here."""
     reservation = x.reservation
-    if reservation is None:
+    if reservation is None or reservation.done:
         return
     try:
         if x.meter is not None and answered:
             _charge(x, s, x.meter.charged_with(lambda: input_estimate(x)))
-        elif reached_provider:
+        elif reached_provider and x.price is not None:
             amount = reservation.amount
             if x.input_estimate is None and x.price is not None and isinstance(x.payload, dict):
                 # reserved without a limit: the worst case is worked out now
@@ -509,13 +512,25 @@ def settle_failure(x: Exchange, s: Services, answered: bool, reached_provider: b
 
 
 def _charge(x: Exchange, s: Services, usage: Usage) -> None:
-    assert x.reservation is not None and x.price is not None
+    assert x.reservation is not None
+    if x.price is None:  # a model without a price: its usage is recorded, at no known cost
+        x.usage = usage
+        return
     cost = cost_micros(x.price, usage)
     s.ledger.settle(x.reservation, cost)
     x.cost_micros, x.usage = cost, usage
     s.link.settled(
         x.request_id, usage.prompt + usage.output, cost, x.upstream_model or "", x.provider_name
     )
+
+
+def unfinished(x: Exchange, s: Services) -> Event:
+    """The event of a request still in flight when the router stops: settled as a broken
+    connection (what was delivered of a stream; the worst case once forwarded)."""
+    if x.error is None:
+        x.error = errors.connection_failed("the router stopped before the request was complete")
+    settle_failure(x, s, x.meter is not None, x.upstream is not None and not x.answered_locally)
+    return event(x)
 
 
 def event(x: Exchange, upstream_message: str = "") -> Event:

@@ -522,3 +522,22 @@ def test_iron_is_one_addon_with_every_option_and_the_parts_share_its_services():
         addon.request(flow)
         x = addon.s.exchanges.get(flow)
         assert x.reservation is not None and flow.request.host == "openai.test"
+
+
+def test_requests_in_flight_when_the_router_stops_are_settled_and_recorded(tmp_path):
+    from iron_runtime.addons.iron import Iron
+
+    addon = Iron()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, iron_budget="1", iron_state_dir=str(tmp_path), **SETUP)
+        flow = request()  # forwarded, waiting for the provider: then Ctrl-C
+        addon.requestheaders(flow)
+        addon.request(flow)
+        assert addon.s.ledger.status()[1] == CHAT_WORST_CASE
+        addon.done()
+    assert addon.s.ledger.status()[:2] == (CHAT_WORST_CASE, 0)  # the provider may bill it
+    with sqlite3.connect(tmp_path / "analytics.sqlite3") as db:
+        (body,) = [json.loads(b) for (b,) in db.execute("SELECT body FROM events")]
+    assert body["event_type"] == "llm_request_failed" and body["error_code"] == "connection_error"
+    assert body["request_id"] == addon.s.exchanges.get(flow).request_id
+    assert body["cost_micros"] == CHAT_WORST_CASE

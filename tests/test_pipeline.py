@@ -249,12 +249,37 @@ def test_a_connection_that_failed_before_the_provider_costs_nothing():
     assert s.ledger.status()[:2] == (0, 0)
 
 
-def test_settling_never_leaks_the_reservation_even_when_it_fails():
+def test_settling_never_leaks_the_reservation_even_when_it_fails(monkeypatch):
     s = budgeted()
     x = reserved(s)
-    x.price = None  # a bug while charging
+
+    def bug(*args):
+        raise RuntimeError("a bug while charging")
+
+    monkeypatch.setattr(pipeline, "cost_micros", bug)
     pipeline.settle(x, s, 200, lambda: b'{"usage": {"prompt_tokens": 1}}')
     assert s.ledger.status()[1] == 0
+
+
+def test_a_reservation_is_settled_once_even_if_asked_twice():
+    s = budgeted()
+    x = reserved(s)
+    pipeline.settle(x, s, 200, lambda: b'{"usage": {"prompt_tokens": 5, "completion_tokens": 2}}')
+    cost = x.cost_micros
+    pipeline.settle_failure(x, s, answered=True, reached_provider=True)
+    assert x.cost_micros == cost and not x.cost_estimated and s.ledger.status()[:2] == (cost, 0)
+
+
+def test_an_unpriced_model_without_a_budget_is_recorded_with_its_usage_and_no_cost():
+    s = budgeted(None)
+    x = admitted({**CHAT, "model": "no-such-model"})
+    assert pipeline.reserve(x, s, 100) is None and x.cost_known is False
+    x.status = 200
+    pipeline.settle(x, s, 200, lambda: b'{"usage": {"prompt_tokens": 5, "completion_tokens": 2}}')
+    assert x.usage == Usage(5, 2, 0, 0) and x.cost_micros is None
+    e = pipeline.event(x)
+    assert (e.input_tokens, e.output_tokens, e.cost_micros, e.cost_known) == (5, 2, 0, False)
+    assert s.ledger.status() == (0, 0, None)
 
 
 def test_event_of_a_completed_and_a_refused_request():
@@ -285,8 +310,9 @@ def test_exchanges_go_with_their_flows():
 
     exchanges: Exchanges[Flow] = Exchanges()
     f = Flow()
-    x = exchanges.start(f, "r1")
-    assert exchanges.start(f, "r2") is x and exchanges.get(f) is x and len(exchanges) == 1
+    x = exchanges.start(f, lambda: "r1")
+    assert exchanges.start(f, lambda: "r2") is x and x.request_id == "r1"
+    assert exchanges.get(f) is x and exchanges.live() == [x]
     del f
     assert len(exchanges) == 0
 
@@ -364,3 +390,11 @@ def test_a_long_stream_without_usage_is_counted_in_slices():
     each_alone = n * count_text(text, "o200k_base")
     charged = meter.charged(7)
     assert charged.input == 7 and abs(charged.output - each_alone) <= n
+
+
+def test_the_summary_of_a_model_name_with_a_lone_surrogate_can_be_written_as_utf8():
+    x = admitted({**CHAT, "model": "gpt-4o-\ud800"})
+    x.error = errors.unpriced_model(x.model)
+    text = json.dumps(x.summary(), ensure_ascii=False)
+    text.encode("utf-8")  # what mitmproxy's flow dump does with it
+    assert x.summary()["model"] == "gpt-4o-\ufffd" and "\ud800" not in text

@@ -61,8 +61,9 @@ def test_a_locked_outbox_hands_the_events_to_the_writer_which_commits_them_later
     assert stored(path) == 2  # none lost
 
 
-def test_the_writer_checkpoints_the_log_of_the_loops_commits(tmp_path, monkeypatch):
-    monkeypatch.setattr(recorder_module, "CHECKPOINT_EVERY", 10)
+def test_the_writer_checkpoints_and_empties_the_log_of_the_loops_commits(tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_module, "CHECKPOINT_CHECK_EVERY", 10)
+    monkeypatch.setattr(recorder_module, "CHECKPOINT_WAL_BYTES", 1)
     rec = Recorder()
     rec.open(tmp_path)
 
@@ -80,4 +81,5 @@ def test_the_writer_checkpoints_the_log_of_the_loops_commits(tmp_path, monkeypat
     asyncio.run(main())
     writer = rec.stats()["outbox"]["writer"]
     assert writer["loop_commits"] == 30 and writer["committed"] == 30
+    assert rec.outbox.wal_size() < 64 * 1024  # emptied by the last checkpoint, 10 commits ago
     rec.stop(0)

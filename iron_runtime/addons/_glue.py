@@ -82,7 +82,7 @@ def fail_closed(hook: Callable) -> Callable:
         logger.exception("iron_runtime: %s.%s failed", type(self).__name__, hook.__name__)
         if hook.__name__ in ("request", "requestheaders", "http_connect"):
             if flow.response is None:
-                x = self.s.exchanges.start(flow, new_request_id())
+                x = self.s.exchanges.start(flow, new_request_id)
                 answer_error(
                     flow,
                     x,

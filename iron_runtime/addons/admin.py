@@ -45,7 +45,7 @@ class Admin:
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or not flow.request.path.startswith(ADMIN_PREFIX):
             return
-        x = self.s.exchanges.start(flow, new_request_id())
+        x = self.s.exchanges.start(flow, new_request_id)
         x.local = "admin"
         presented = flow.request.headers.get(ADMIN_HEADER, "").encode()
         if not self.secret or not hmac.compare_digest(presented, self.secret):

@@ -18,7 +18,7 @@ from mitmproxy import ctx, exceptions, http
 from iron_runtime import pipeline, settings, tokens
 from iron_runtime.cost import summary_comment
 from iron_runtime.errors import RouterError
-from iron_runtime.exchange import Exchange
+from iron_runtime.exchange import Exchange, storable
 from iron_runtime.money import micros_to_usd, usd_to_micros
 from iron_runtime.pipeline import Services
 from iron_runtime.settings import Loader
@@ -78,7 +78,7 @@ class Budget:
             return
         pipeline.settle(x, self.s, resp.status_code, lambda: resp.get_content(strict=False) or b"")
         if x.cost_micros is not None:
-            flow.comment = summary_comment(x.model, x.usage, x.cost_micros)
+            flow.comment = summary_comment(storable(x.model), x.usage, x.cost_micros)
             if x.meter is None:
                 resp.headers["x-iron-cost-usd"] = f"{micros_to_usd(x.cost_micros):.6f}"
 
@@ -89,4 +89,4 @@ class Budget:
         reached = flow.server_conn is not None and bool(flow.server_conn.timestamp_tcp_setup)
         pipeline.settle_failure(x, self.s, flow.response is not None, reached)
         if x.cost_micros is not None and x.usage is not None:
-            flow.comment = summary_comment(x.model, x.usage, x.cost_micros)
+            flow.comment = summary_comment(storable(x.model), x.usage, x.cost_micros)

@@ -23,6 +23,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from iron_runtime import pipeline
 from iron_runtime.addons import egress, intake, listen
 from iron_runtime.addons.admin import Admin
 from iron_runtime.addons.analytics import Analytics
@@ -85,12 +86,25 @@ class Iron:
                 p.running()
 
     def done(self) -> None:
-        for p in reversed(self.parts):  # analytics closes last what the others recorded into
+        self._record_unfinished()
+        for p in reversed(self.parts):  # analytics first: the outbox, then the lease return
             if hasattr(p, "done"):
                 try:
                     p.done()
                 except Exception:
                     logger.exception("iron_runtime: %s.done failed", type(p).__name__)
+
+    def _record_unfinished(self) -> None:
+        """Requests still in flight at stop (mitmdump or mitmweb stopped with Ctrl-C): each
+        is settled and recorded as failed, so that none is lost."""
+        for x in self.s.exchanges.live():
+            if x.recorded or x.local is not None:
+                continue
+            x.recorded = True
+            try:
+                self.s.recorder.record_later(pipeline.unfinished(x, self.s))
+            except Exception:
+                logger.exception("iron_runtime: recording an unfinished request failed")
 
     # -- per flow ----------------------------------------------------------------------------
 

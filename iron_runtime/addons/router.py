@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from mitmproxy import ctx, exceptions, http
 
 from iron_runtime import errors, pipeline, routing, settings
-from iron_runtime.exchange import Exchange
+from iron_runtime.exchange import Exchange, storable
 from iron_runtime.headers import (
     REQUEST_ID,
     client_response_fields,
@@ -120,7 +120,7 @@ class Router:
     @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         # Agents call the router as an API server; as a forward proxy it would open tunnels.
-        x = self.s.exchanges.start(flow, new_request_id())
+        x = self.s.exchanges.start(flow, new_request_id)
         answer_error(flow, x, errors.method_not_allowed(CONNECT_REFUSED))
 
     @fail_closed
@@ -129,7 +129,7 @@ class Router:
         must not wait for the body (a declared body over the limit; a wrong token with a
         large body)."""
         req = flow.request
-        x = self.s.exchanges.start(flow, new_request_id())
+        x = self.s.exchanges.start(flow, new_request_id)
         INTAKE.request_ids[req] = x.request_id
         admin = req.path.startswith(ADMIN_PREFIX)
         if not admin:
@@ -156,7 +156,7 @@ class Router:
         if flow.response or flow.error:
             return None
         req = flow.request
-        x = self.s.exchanges.start(flow, new_request_id())
+        x = self.s.exchanges.start(flow, new_request_id)
         incoming = pipeline.Incoming(req.method, req.path, req.headers, req.raw_content or b"")
         outcome = pipeline.admit(x, incoming, self.token, self.body_limit)
         if x.local == "health":
@@ -168,7 +168,7 @@ class Router:
         if outcome is not None:
             answer_error(flow, x, outcome)
             return None
-        flow.comment = f"{x.model or x.path} → {x.provider_name}"
+        flow.comment = f"{storable(x.model or x.path)} → {x.provider_name}"
         choice = pipeline.key(x, self.keys, self.s.link)
         if isinstance(choice, pipeline.ForwardKey | errors.RouterError):
             self._forward(flow, x, choice)

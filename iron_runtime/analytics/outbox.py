@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -155,6 +156,7 @@ class Outbox:
         conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=LOOP_LOCK_WAIT)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         return conn
 
     @staticmethod
@@ -171,10 +173,17 @@ class Outbox:
             raise
 
     def checkpoint(self) -> None:
-        """Copy the write-ahead log into the database file where no reader needs it (the
-        commits of ``loop_connection`` leave this to the writer thread)."""
+        """Copy the write-ahead log into the database file and empty it (the commits of
+        ``loop_connection`` leave this to the writer thread). Commits wait meanwhile."""
         with self._lock:
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def wal_size(self) -> int:
+        """Bytes in the write-ahead log file (0 if there is none)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     def insert(self, rows: list[tuple[str, int, str]]) -> None:
         """Commit rows made by ``rows()``, in one transaction (all or none)."""

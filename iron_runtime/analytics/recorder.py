@@ -36,8 +36,9 @@ logger = logging.getLogger("iron_runtime")
 
 OUTBOX_FILE = "analytics.sqlite3"
 COMMIT_WAIT = 2.0  # seconds a response waits for its event's commit at most
-CHECKPOINT_EVERY = 256  # commits on the loop between checkpoints on the writer thread
-LOOP_RETRY_AFTER = 5.0  # seconds the loop leaves commits to the writer after a failure
+CHECKPOINT_CHECK_EVERY = 64  # commits on the loop between looks at the log's size
+CHECKPOINT_WAL_BYTES = 4 << 20  # a log this large is checkpointed (on the writer thread)
+LOOP_RETRY_AFTER = 1.0  # seconds the loop leaves commits to the writer after a failure
 
 
 class Recorder:
@@ -52,6 +53,7 @@ class Recorder:
         self._loop_after = 0.0  # time.monotonic() from which commits on the loop resume
         self.loop_commits = 0
         self.loop_failures = 0
+        self._stopped = False
 
     def open(
         self, folder: Path, retention_s: float | None = RETENTION_S, keep_pending: bool = True
@@ -72,6 +74,8 @@ class Recorder:
             self.sync = SyncWorker(self.outbox, server_url, ic_token, interval=interval).start()
 
     def stop(self, flush_deadline: float) -> None:
+        if self._stopped:
+            return
         if self._batch:
             self._commit_batch()
         if self._conn is not None:
@@ -86,13 +90,18 @@ class Recorder:
             )
         if self.outbox is not None:
             self.outbox.close()
+        self._stopped = True
 
     # -- recording -------------------------------------------------------------------------
 
     def record(self, event: Event) -> asyncio.Future[None] | None:
         """Queue ``event`` for the outbox; the future resolves once it is committed, or after
         ``COMMIT_WAIT`` seconds, or at once when the commit failed (on the event loop)."""
-        if self.writer is None:
+        if self.writer is None or self._stopped:
+            if self._stopped:
+                logger.warning(
+                    "iron_runtime: event %s came after the outbox closed", event.event_id
+                )
             return None
         loop = asyncio.get_running_loop()
         committed: asyncio.Future[None] = loop.create_future()
@@ -133,7 +142,10 @@ class Recorder:
             if not committed.done():
                 committed.set_result(None)
         self.loop_commits += 1
-        if self.loop_commits % CHECKPOINT_EVERY == 0:
+        if (
+            self.loop_commits % CHECKPOINT_CHECK_EVERY == 0
+            and self.outbox.wal_size() >= CHECKPOINT_WAL_BYTES
+        ):
             self.writer.request_checkpoint()
 
     def _via_writer(self, event: Event, committed: asyncio.Future[None]) -> None:
@@ -156,7 +168,9 @@ class Recorder:
 
     def record_later(self, event: Event) -> None:
         """Queue ``event`` for the outbox without waiting (a flow that ended in an error)."""
-        if self.writer is not None:
+        if self._stopped:
+            logger.warning("iron_runtime: event %s came after the outbox closed", event.event_id)
+        elif self.writer is not None:
             self.writer.submit(event)
 
     def _committed(self, callbacks: list[Callable[[bool], None]], committed: bool) -> None:
