@@ -148,12 +148,11 @@ class Outbox:
         return rows, fixes
 
     def loop_connection(self) -> sqlite3.Connection:
-        """A connection for commits made on the proxy's event loop: it waits at most
-        ``LOOP_LOCK_WAIT`` seconds for a lock (the writer thread's short transactions;
-        held longer, by another process say, the commit fails and the rows go to the writer
-        thread) and never checkpoints (a checkpoint syncs the file: ``checkpoint()`` runs
-        it on the writer thread instead)."""
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=LOOP_LOCK_WAIT)
+        """A connection for commits made on the proxy's event loop: it never waits for a
+        lock (held by the writer thread, a checkpoint say, or by another process, the commit
+        fails at once and its rows go to the writer thread) and never checkpoints (a
+        checkpoint syncs the file: ``checkpoint()`` runs it on the writer thread)."""
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=0)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")
         conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -405,9 +404,6 @@ class Outbox:
             "outbox": outbox,
             "recent": [{**json.loads(b), "sync_state": s} for b, s in last],
         }
-
-
-LOOP_LOCK_WAIT = 0.01  # seconds a commit on the event loop waits for the write lock at most
 
 
 class OutboxWriter:

@@ -2,13 +2,14 @@
 response completes, then synced to the control server by a background worker.
 
 Events are committed on the event loop, all those of one turn of the loop in one
-transaction, on a connection that never waits for a lock nor syncs the file (SQLite in WAL
-mode with ``synchronous=NORMAL``: a commit is a write to the log, about 30 µs; it waits at
-most 10 ms for the writer thread's lock); a response waits for its event's commit without a
-thread hand-over. The writer thread checkpoints the
-log every ``CHECKPOINT_EVERY`` commits. When such a commit fails (another process holds the
-lock, the disk is full, a row is refused), its events go to the writer thread, which
-retries and repairs them as below, and the loop does not try again for
+transaction, on a connection that never waits for a lock (SQLite in WAL mode with
+``synchronous=NORMAL``: a commit is a write to the log, about 30 µs); a response waits for
+its event's commit without a thread hand-over. Once the log passes ``CHECKPOINT_WAL_BYTES``
+the writer thread copies it into the database and empties it (syncing the file); the first
+commit after that restarts the log, which syncs its header: one file sync on the loop per
+4 MB of events. When a commit on the loop fails (the writer thread or another process holds
+the lock, the disk is full, a row is refused), its events go to the writer thread, which
+commits, retries and repairs them as below, and the loop tries again after
 ``LOOP_RETRY_AFTER`` seconds.
 
 A response waits for its event's commit at most ``COMMIT_WAIT`` seconds, and not at all once a
@@ -38,7 +39,7 @@ OUTBOX_FILE = "analytics.sqlite3"
 COMMIT_WAIT = 2.0  # seconds a response waits for its event's commit at most
 CHECKPOINT_CHECK_EVERY = 64  # commits on the loop between looks at the log's size
 CHECKPOINT_WAL_BYTES = 4 << 20  # a log this large is checkpointed (on the writer thread)
-LOOP_RETRY_AFTER = 1.0  # seconds the loop leaves commits to the writer after a failure
+LOOP_RETRY_AFTER = 0.1  # seconds the loop leaves commits to the writer after a failure
 
 
 class Recorder:
