@@ -30,7 +30,8 @@ Sections (``--sections``, comma-separated; default ``throughput,tokens``, ``all`
               mitmproxy: failures, connect time (connect() until the socket is writable, per
               connection) and time to the first response byte (from the connect() call);
               targets 0 failures, every connect <= 100 ms
-The memory and burst sections end with a summary of each target and the figure reached.
+The run ends with a summary of each target (throughput: router/bare req/s at c=10 >= 0.80,
+added p50 at c=1 <= +0.3 ms, a budget within 5 %; memory; burst) and the figure reached.
 """
 
 from __future__ import annotations
@@ -327,10 +328,10 @@ def main() -> None:
         stops += [oemu.kill, aemu.kill]
         upstreams = {"openai": ourl, "anthropic": aurl}
         if "throughput" in sections:
-            throughput(args, upstreams, stops)
+            targets += throughput(args, upstreams, stops)
         if sections & {"memory", "burst"}:
             with tempfile.TemporaryDirectory() as tmpdir:
-                targets = memory_and_burst(args, sections, upstreams, Path(tmpdir), stops)
+                targets += memory_and_burst(args, sections, upstreams, Path(tmpdir), stops)
     finally:
         for stop in reversed(stops):
             stop()
@@ -342,7 +343,7 @@ def main() -> None:
             print(f"  {name:<52} {figure:<44} {verdict}")
 
 
-def throughput(args, upstreams: dict[str, str], stops: list) -> None:
+def throughput(args, upstreams: dict[str, str], stops: list) -> list[tuple[str, str, str]]:
     conc = [int(c) for c in args.concurrency.split(",")]
     ourl, aurl = upstreams["openai"], upstreams["anthropic"]
     keys = {"openai": OPENAI_KEY, "anthropic": ANTHROPIC_KEY}
@@ -393,16 +394,59 @@ def throughput(args, upstreams: dict[str, str], stops: list) -> None:
         report("OpenAI", openai_rows, conc, args.duration)
     if args.only in (None, "gateway"):
         report("Gateway", gateway_rows, conc, args.duration)
+    targets: list[tuple[str, str, str]] = []
     print("\nRatios (req/s, then added latency)")
     if args.only in (None, "openai"):
         ratios("router / bare", openai_rows[2], openai_rows[1], conc)
         ratios("router / direct", openai_rows[2], openai_rows[0], conc)
         ratios("router+budget / bare", openai_rows[3], openai_rows[1], conc)
+        targets = throughput_targets(openai_rows, conc)
     if args.only in (None, "gateway"):
         ratios("gateway / bare", gateway_rows[3], gateway_rows[1], conc)
         ratios("gateway / direct", gateway_rows[3], gateway_rows[0], conc)
         ratios("gateway / router native", gateway_rows[3], gateway_rows[2], conc)
     print("(bare mitmproxy buffers SSE unless told to stream: its TTFB is its total time)")
+    return targets
+
+
+RPS_TARGET = 0.80  # router req/s over bare mitmproxy's, at concurrency 10
+P50_TARGET_MS = 0.3  # router's added p50 over bare mitmproxy's, at concurrency 1
+BUDGET_WITHIN = 0.05  # the router with a budget, within 5 % of the router without
+
+
+def throughput_targets(rows: list[Target], conc: list[int]) -> list[tuple[str, str, str]]:
+    """The issue-11 throughput targets, from the OpenAI rows (direct, bare, router, +budget)."""
+    bare, router, budgeted = rows[1].results, rows[2].results, rows[3].results
+    out = []
+    if 10 in conc:
+        for name, r in (("router", router), ("router+budget", budgeted)):
+            ratio = r[10]["rps"] / bare[10]["rps"]
+            out.append(
+                (
+                    f"req/s at c=10, {name} / bare mitmproxy",
+                    f"{ratio:.2f} (target >= {RPS_TARGET:.2f})",
+                    "met" if ratio >= RPS_TARGET else "NOT met",
+                )
+            )
+        within = budgeted[10]["rps"] / router[10]["rps"]
+        out.append(
+            (
+                "req/s at c=10, router+budget / router",
+                f"{within:.2f} (target >= {1 - BUDGET_WITHIN:.2f})",
+                "met" if within >= 1 - BUDGET_WITHIN else "NOT met",
+            )
+        )
+    if 1 in conc:
+        for name, r in (("router", router), ("router+budget", budgeted)):
+            added = r[1]["p50"] - bare[1]["p50"]
+            out.append(
+                (
+                    f"p50 at c=1, {name} over bare mitmproxy",
+                    f"{added:+.2f} ms (target <= +{P50_TARGET_MS:.1f} ms)",
+                    "met" if added <= P50_TARGET_MS else "NOT met",
+                )
+            )
+    return out
 
 
 def start_bare(upstream: str, stops: list) -> tuple[int, str]:
