@@ -541,3 +541,16 @@ def test_requests_in_flight_when_the_router_stops_are_settled_and_recorded(tmp_p
     assert body["event_type"] == "llm_request_failed" and body["error_code"] == "connection_error"
     assert body["request_id"] == addon.s.exchanges.get(flow).request_id
     assert body["cost_micros"] == CHAT_WORST_CASE
+
+
+def test_mitmproxy_skips_its_debug_type_checks_once_the_addons_are_made():
+    from mitmproxy import http
+
+    from iron_runtime.addons import lean
+    from iron_runtime.addons.iron import make_addons
+
+    make_addons()
+    assert http.MessageData.__post_init__ is lean._unchecked
+    # messages are built as before; a field of the wrong type is no longer checked
+    assert http.Request.make("GET", "http://example.test/x").path == "/x"
+    assert http.Response.make(200, b"ok").content == b"ok"

@@ -24,7 +24,7 @@ from typing import Any
 from mitmproxy import http
 
 from iron_runtime import pipeline
-from iron_runtime.addons import egress, intake, listen
+from iron_runtime.addons import egress, intake, lean, listen
 from iron_runtime.addons.admin import Admin
 from iron_runtime.addons.analytics import Analytics
 from iron_runtime.addons.budget import Budget
@@ -160,10 +160,11 @@ def _name(fn: FlowHook) -> str:
 
 def make_addons(services: Services | None = None) -> list[Any]:
     """The addons to give mitmproxy: ``Iron`` over ``services``. Installs the HTTP/1 intake
-    and egress and the listen backlog (once per process)."""
+    and egress, the listen backlog and the lean message checks (once per process)."""
     intake.install()
     egress.install()
     listen.install()
+    lean.install()
     return [Iron(services)]
 
 
