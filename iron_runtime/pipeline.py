@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors, routing
-from .analytics.events import Event, event_for
+from .analytics.events import Event, LlmRequestFailed, error_message_of, event_for
 from .analytics.recorder import Recorder
 from .budget import Ledger
 from .control import ProviderKey, ServerLink
@@ -530,9 +530,34 @@ def unfinished(x: Exchange, s: Services) -> Event:
     if x.error is None:
         x.error = errors.connection_failed("the router stopped before the request was complete")
     settle_failure(x, s, x.meter is not None, x.upstream is not None and not x.answered_locally)
+    x.recorded = True
     return event(x)
 
 
-def event(x: Exchange, upstream_message: str = "") -> Event:
-    """The request's analytics event."""
-    return event_for(x, upstream_message)
+def event(x: Exchange, body: Callable[[], bytes] | None = None) -> Event:
+    """The request's analytics event; ``body`` reads the provider's whole answer, whose error
+    message a failed one records (read only for an error status the provider sent)."""
+    message = ""
+    if body is not None and x.status is not None and not 200 <= x.status < 300:
+        if not x.answered_locally:
+            message = error_message_of(body())
+    return event_for(x, message)
+
+
+def record(x: Exchange, body: Callable[[], bytes] | None = None) -> Event | None:
+    """The event to record for ``x``, once: None for the router's own pages (health, admin)
+    and for an exchange already recorded. Never raises: an event that cannot be built is
+    replaced by a minimal failed one."""
+    if x.local is not None or x.recorded:
+        return None
+    x.recorded = True
+    try:
+        return event(x, body)
+    except Exception:
+        logger.exception("iron_runtime: could not build the analytics event")
+        return LlmRequestFailed(
+            model=str(x.model or ""),
+            request_id=x.request_id,
+            error_code="internal_error",
+            error_message="event could not be built",
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 
 import anthropic
@@ -94,3 +95,13 @@ def wait_until_serving(proc, port: int, what: str, timeout: float = 30.0) -> Non
             proc.kill()
             pytest.fail(f"{what} did not start: {proc.stdout.read()}")
         time.sleep(0.05)
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())

@@ -21,18 +21,9 @@ from iron_runtime.analytics import LlmRequestCompleted, LlmRequestFailed, Outbox
 from iron_runtime.analytics.outbox import OutboxWriter
 from iron_runtime.testing import ControlServerEmulator, Fault
 
-from .conftest import make_router
+from .conftest import make_router, wait_for
 
 REPLACEMENT = "\ufffd"
-
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def post_raw(router, path: str, body: bytes) -> httpx.Response:

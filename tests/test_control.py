@@ -17,6 +17,8 @@ import pytest
 from iron_runtime import LlmRouter
 from iron_runtime.testing import ControlServerEmulator, Fault
 
+from .conftest import wait_for
+
 MSGS = [{"role": "user", "content": "hello server mode"}]
 
 
@@ -51,15 +53,6 @@ def server_router(control, openai_emu, anthropic_emu, token="ic_agent_1", **kw):
 
 def client(router):
     return openai.OpenAI(base_url=router.base_url, api_key=router.api_key, max_retries=0)
-
-
-def wait_for(predicate, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- keys ------------------------------------------------------------------------------------

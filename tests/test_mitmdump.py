@@ -17,7 +17,7 @@ from mitmproxy import io as mitm_io
 
 from iron_runtime.settings import SETTINGS
 
-from .conftest import free_port, wait_until_serving
+from .conftest import free_port, wait_for, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
@@ -224,15 +224,6 @@ def stop_mitmdump(proc) -> str:
     proc.terminate()
     out, _ = proc.communicate(timeout=30)
     return out
-
-
-def wait_for(predicate, timeout=15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 DIRECT_OPTIONS = {

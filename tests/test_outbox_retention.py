@@ -23,18 +23,11 @@ from iron_runtime.analytics import outbox as outbox_module
 from iron_runtime.analytics.outbox import HOUR_MS, RETENTION_S, OutboxWriter
 from iron_runtime.testing import ControlServerEmulator
 
+from .conftest import wait_for
+
 NOW = 1_750_000_000_000 - 1_750_000_000_000 % HOUR_MS  # an hour boundary (UTC)
 FIGURES = ("totals", "by_model", "by_provider", "by_day")
 MODELS = [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4")]
-
-
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def event(i: int, ts: int):

@@ -14,8 +14,7 @@ from pathlib import Path
 from mitmproxy import ctx, exceptions, http
 
 from iron_runtime import pipeline, settings
-from iron_runtime.analytics import LlmRequestFailed
-from iron_runtime.analytics.events import Event, error_message_of
+from iron_runtime.analytics.events import Event
 from iron_runtime.exchange import Exchange
 from iron_runtime.launcher import default_state_dir
 from iron_runtime.pipeline import Services
@@ -91,24 +90,10 @@ class Analytics:
 
     @staticmethod
     def _event(flow: http.HTTPFlow, x: Exchange) -> Event | None:
-        if x.local is not None or x.recorded:
-            return None
-        x.recorded = True  # one event per exchange, even if building it fails
-        try:
-            resp = flow.response
-            upstream_message = ""
-            if resp is not None and not resp.stream and not x.answered_locally:
-                if not 200 <= resp.status_code < 300:
-                    upstream_message = error_message_of(resp.get_content(strict=False) or b"")
-            return pipeline.event(x, upstream_message)
-        except Exception:
-            logger.exception("iron_runtime: could not build the analytics event")
-            return LlmRequestFailed(
-                model=str(x.model or ""),
-                request_id=x.request_id,
-                error_code="internal_error",
-                error_message="event could not be built",
-            )
+        resp = flow.response
+        if resp is None or resp.stream:
+            return pipeline.record(x)
+        return pipeline.record(x, lambda: resp.get_content(strict=False) or b"")
 
 
 def _seconds(name: str, positive: bool) -> float:

@@ -100,7 +100,6 @@ class Iron:
         for x in self.s.exchanges.live():
             if x.recorded or x.local is not None:
                 continue
-            x.recorded = True
             try:
                 self.s.recorder.record_later(pipeline.unfinished(x, self.s))
             except Exception:

@@ -98,11 +98,7 @@ class Recorder:
     def record(self, event: Event) -> asyncio.Future[None] | None:
         """Queue ``event`` for the outbox; the future resolves once it is committed, or after
         ``COMMIT_WAIT`` seconds, or at once when the commit failed (on the event loop)."""
-        if self.writer is None or self._stopped:
-            if self._stopped:
-                logger.warning(
-                    "iron_runtime: event %s came after the outbox closed", event.event_id
-                )
+        if self.writer is None or self._too_late(event):
             return None
         loop = asyncio.get_running_loop()
         committed: asyncio.Future[None] = loop.create_future()
@@ -169,10 +165,14 @@ class Recorder:
 
     def record_later(self, event: Event) -> None:
         """Queue ``event`` for the outbox without waiting (a flow that ended in an error)."""
+        if self.writer is not None and not self._too_late(event):
+            self.writer.submit(event)
+
+    def _too_late(self, event: Event) -> bool:
+        """True (and logged) for an event that comes after the outbox closed."""
         if self._stopped:
             logger.warning("iron_runtime: event %s came after the outbox closed", event.event_id)
-        elif self.writer is not None:
-            self.writer.submit(event)
+        return self._stopped
 
     def _committed(self, callbacks: list[Callable[[bool], None]], committed: bool) -> None:
         """From the writer thread: resolve a batch's callbacks on the event loop, at once."""
