@@ -17,13 +17,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from .budget import Ledger
 from .errors import LeaseError, RouterError, budget_unavailable, key_unavailable
 from .providers import Provider
+
+if TYPE_CHECKING:
+    import requests
 
 logger = logging.getLogger("iron_runtime")
 
@@ -38,8 +39,17 @@ class ProviderKey:
         return f"ProviderKey(provider={self.provider.value}, base_url={self.base_url!r})"
 
 
+class Unreachable(Exception):
+    """The control server could not be reached; the message is the network error's type."""
+
+
 class ControlServer:
+    """The Iron Cage server's HTTP API (``requests`` is imported with the first one: a
+    router without a server never loads it)."""
+
     def __init__(self, url: str, ic_token: str, timeout: float = 10.0) -> None:
+        import requests
+
         self.url = url.rstrip("/")
         self.ic_token = ic_token
         self.timeout = timeout
@@ -51,9 +61,14 @@ class ControlServer:
         headers = {"authorization": f"Bearer {self.ic_token}"} if auth else {}
         # requests' connection pool is thread-safe: a slow call on the worker thread must not
         # hold up the lease return at shutdown
-        return self.session.post(
-            self.url + path, json=body, headers=headers, timeout=timeout or self.timeout
-        )
+        import requests
+
+        try:
+            return self.session.post(
+                self.url + path, json=body, headers=headers, timeout=timeout or self.timeout
+            )
+        except requests.RequestException as e:
+            raise Unreachable(type(e).__name__) from None
 
     def close(self) -> None:
         self.session.close()
@@ -103,11 +118,11 @@ def decrypt_ip_token(token: str, key: bytes) -> str:
 def fetch_provider_key(server: ControlServer) -> ProviderKey:
     try:
         resp = server.post("/api/v1/agents/provider-key", {"ic_token": server.ic_token})
-    except requests.RequestException as e:
+    except Unreachable as e:
         raise key_unavailable(
             503,
             f"The Iron Cage server at {server.url} could not be "
-            f"reached for the provider key ({type(e).__name__}).",
+            f"reached for the provider key ({e}).",
         ) from None
     try:
         body = resp.json()
@@ -220,10 +235,10 @@ class LeaseClient:
     def _json(self, path: str, body: dict, auth: bool = False) -> dict:
         try:
             resp = self.server.post(path, body, auth=auth)
-        except requests.RequestException as e:
+        except Unreachable as e:
             raise LeaseError(
                 f"The Iron Cage server at {self.server.url} could not be reached "
-                f"for the budget lease ({type(e).__name__})."
+                f"for the budget lease ({e})."
             ) from None
         try:
             data = resp.json()

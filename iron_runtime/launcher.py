@@ -95,15 +95,22 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> bytes:
 
 
 def start_proxy_process(
-    options: Mapping[str, Any], *, bare: bool = False, timeout: float = 30.0
+    options: Mapping[str, Any],
+    *,
+    bare: bool = False,
+    patched: bool = False,
+    timeout: float = 30.0,
 ) -> tuple[subprocess.Popen, dict[str, Any]]:
     """Start a router process with these mitmproxy options; returns it and its start-up
     report (``port``, ``pid``, ``provider``).
 
-    ``bare`` starts the same lean mitmproxy without the iron addons (the benchmark's baseline).
+    ``bare`` starts the same master without the iron addons, mitmproxy as it comes (the
+    benchmark's baseline); with ``patched`` too, it has the router process's own changes to
+    mitmproxy (``addons/lean.py``, ``addons/dispatch.py``) but still no iron addon.
     Stop it with ``stop_proxy_process``.
     """
-    cmd = [sys.executable, "-m", "iron_runtime.proxy_process"] + (["--bare"] if bare else [])
+    flags = (["--bare"] + (["--patched"] if patched else [])) if bare else []
+    cmd = [sys.executable, "-m", "iron_runtime.proxy_process", *flags]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
     try:
         assert proc.stdin is not None

@@ -9,7 +9,9 @@ It shuts down cleanly when stdin reaches end of file, which happens when the lau
 ``stop()`` and also when the launcher's process dies for any reason.
 
 Only ``Core``, ``Proxyserver``, ``NextLayer`` and ``TlsConfig`` are loaded beside the iron
-addons: DumpMaster's thirty-odd default addons cost a third of the throughput.
+addons: DumpMaster's thirty-odd default addons cost a third of the throughput. The other
+addon modules are not even imported (``addons/lean.py``), and the events of this fixed chain
+are dispatched from a table of their handlers (``addons/dispatch.py``).
 """
 
 from __future__ import annotations
@@ -120,8 +122,17 @@ def _configure_logging() -> None:
         log.propagate = False
 
 
-async def serve(options: dict[str, Any], out: Any, bare: bool = False) -> None:
-    """Run the proxy until stopped. ``bare`` leaves the iron addons out (for benchmarks)."""
+async def serve(
+    options: dict[str, Any], out: Any, bare: bool = False, patched: bool | None = None
+) -> None:
+    """Run the proxy until stopped. ``bare`` leaves the iron addons out (for benchmarks) and,
+    unless ``patched``, the router's changes to mitmproxy (lean imports, dispatch table)."""
+    patched = not bare if patched is None else patched
+    if patched:  # before mitmproxy is imported: only the four addons used here (addons/lean.py)
+        from iron_runtime.addons import lean
+
+        lean.import_addons_on_demand()
+        lean.install()
     from mitmproxy import master as mitm_master
     from mitmproxy import options as mitm_options
     from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
@@ -131,7 +142,7 @@ async def serve(options: dict[str, Any], out: Any, bare: bool = False) -> None:
     ps = proxyserver.Proxyserver()
     iron: list[Any] = []
     services = None
-    if not bare:  # bare: mitmproxy as it comes (not even the intake, egress or backlog patches)
+    if not bare:  # bare: no intake, egress or backlog patches either (they are the router's)
         from iron_runtime.addons.iron import make_addons
         from iron_runtime.pipeline import Services
 
@@ -144,6 +155,10 @@ async def serve(options: dict[str, Any], out: Any, bare: bool = False) -> None:
         tlsconfig.TlsConfig(),
         AddonGroup(iron, Lifecycle(master, ps, out, services)),
     )
+    if patched:
+        from iron_runtime.addons import dispatch
+
+        dispatch.install(master.addons)
     # lazy: never connect to the reverse target before the router has chosen the upstream.
     opts.update(connection_strategy="lazy", **options)
     await master.run()
@@ -163,7 +178,8 @@ def main() -> None:
         out.flush()
         raise SystemExit(2) from None
     try:
-        asyncio.run(serve(options, out, bare="--bare" in sys.argv[1:]))
+        bare = "--bare" in sys.argv[1:]
+        asyncio.run(serve(options, out, bare, patched=not bare or "--patched" in sys.argv[1:]))
     except Exception as e:
         logger.exception("router process failed")
         try:

@@ -29,9 +29,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from importlib import resources
-from typing import Any
-
-import tiktoken
+from typing import TYPE_CHECKING, Any
 
 from .payload import MAX_JSON_DEPTH, too_deep
 
@@ -43,6 +41,9 @@ IMAGE_TOKENS = 1600
 CLAUDE_MARGIN = 1.25
 MESSAGE_OVERHEAD = 4  # role and separators, per message
 REPLY_OVERHEAD = 3
+
+if TYPE_CHECKING:
+    import tiktoken
 
 logger = logging.getLogger("iron_runtime")
 
@@ -86,6 +87,7 @@ def _build(name: str) -> tiktoken.Encoding:
 
 
 def _encoding_from(ranks: dict[bytes, int], name: str) -> tiktoken.Encoding:
+    import tiktoken  # with the first vocabulary: a router that counts nothing never imports it
     import tiktoken_ext.openai_public as public
 
     def loader(url: str, expected_hash: str | None = None) -> dict[bytes, int]:

@@ -5,16 +5,23 @@
     .venv/bin/python scripts/bench.py --sections memory,burst [--requests 20000] [--streams 1000]
 
 Each emulator (OpenAI, Anthropic) runs in its own process; so do the bare mitmproxy (the
-same lean master, without the iron addons) and the router. Non-streamed load comes from
+router's master without the iron addons, mitmproxy's code as it comes) and the router. The
+router process changes mitmproxy itself (``addons/lean.py``: no debug type checks, only the
+addon modules it uses; ``addons/dispatch.py``: a table of each event's handlers); the
+reference row "bare, patched" is bare mitmproxy with those changes, so that router / bare,
+patched is the cost of the iron addons alone. Non-streamed load comes from
 ``wrk`` (Debian package ``wrk``) in another process, at concurrency 1, 10 and 50; streamed
 requests are timed by this script, one at a time: time to first byte on answers whose
 chunks come 5 ms apart (the first chunk is alone on the wire), and the per-chunk cost on
-200-chunk answers sent at once. Figures are printed with the ratios router/bare and
+200-chunk answers sent at once; the CPU time each proxy process spends per request (from
+``/proc``, at the highest concurrency), a figure less shaken by a busy machine than req/s.
+Figures are printed with the ratios router/bare and
 router/direct; nothing is asserted, since this machine is shared and noisy. Every run is
 bounded by ``--duration`` seconds.
 
 Rows:
-  openai:  direct, bare mitmproxy, iron router       (OpenAI chat.completions)
+  openai:  direct, bare mitmproxy, iron router, iron router with a budget, bare patched
+           (OpenAI chat.completions)
   gateway: direct Anthropic, bare mitmproxy, iron router native /v1/messages, and
            iron gateway (OpenAI chat.completions for a Claude model, translated both ways)
 
@@ -30,8 +37,12 @@ Sections (``--sections``, comma-separated; default ``throughput,tokens``, ``all`
               mitmproxy: failures, connect time (connect() until the socket is writable, per
               connection) and time to the first response byte (from the connect() call);
               targets 0 failures, every connect <= 100 ms
+  outbox      the analytics outbox's file after ``--outbox-events`` requests over 30
+              simulated days (``scripts/bench_outbox.py``), with the default 7-day retention
+              and kept whole; target: bounded (no growth once the retention is full)
 The run ends with a summary of each target (throughput: router/bare req/s at c=10 >= 0.80,
-added p50 at c=1 <= +0.3 ms, a budget within 5 %; memory; burst) and the figure reached.
+added p50 at c=1 <= +0.3 ms, a budget within 5 %; memory; burst; outbox) and the figure
+reached.
 """
 
 from __future__ import annotations
@@ -70,6 +81,7 @@ class Target:
     headers: dict[str, str]
     body: dict
     results: dict = field(default_factory=dict)
+    pid: int | None = None  # the proxy's process, whose CPU time is read around each run
 
 
 def chat_body(model: str) -> dict:
@@ -118,6 +130,7 @@ def wrk(t: Target, connections: int, duration: float, tmp: Path, limit: int | No
         timeout=duration + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    count = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
 
@@ -128,6 +141,7 @@ def wrk(t: Target, connections: int, duration: float, tmp: Path, limit: int | No
 
     return {
         "rps": rps,
+        "requests": int(count.group(1)) if count else 0,
         "p50": pct("50"),
         "p99": pct("99"),
         "bad": int(non2xx.group(1)) if non2xx else 0,
@@ -235,10 +249,15 @@ def measure(targets: list[Target], conc: list[int], args, tmp: Path) -> None:
         runs: dict[str, list[dict]] = {t.name: [] for t in targets}
         for _ in range(args.rounds):
             for t in targets:
-                runs[t.name].append(wrk(t, c, args.duration, tmp))
+                before = cpu_seconds(t.pid)
+                r = wrk(t, c, args.duration, tmp)
+                spent = cpu_seconds(t.pid) - before
+                r["cpu_ms"] = 1000 * spent / r["requests"] if t.pid and r["requests"] else None
+                runs[t.name].append(r)
         for t in targets:
             cell = sorted(runs[t.name], key=lambda r: r["rps"])[len(runs[t.name]) // 2]
-            t.results[c] = cell
+            cpu = [r["cpu_ms"] for r in runs[t.name] if r["cpu_ms"] is not None]
+            t.results[c] = {**cell, "cpu_ms": statistics.median(cpu) if cpu else None}
     for t in targets:
         limit = time.monotonic() + 60
         t.results["paced"] = stream_timings(t, 20, 0.005, args.stream_requests, limit)
@@ -246,17 +265,30 @@ def measure(targets: list[Target], conc: list[int], args, tmp: Path) -> None:
         print(f"  measured {t.name}", file=sys.stderr, flush=True)
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of a process so far (0 without one)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(title: str, targets: list[Target], conc: list[int], duration: float) -> None:
+    top = conc[-1]
     print(f"\n{title}: non-streamed, wrk -t1, median of rounds of {duration:.0f} s per cell")
     print(
         f"{'target':<22}"
         + "".join(f"{'c=' + str(c) + ' req/s':>13}{'p50 ms':>9}{'p99 ms':>9}" for c in conc)
+        + f"{'CPU ms/req':>12}"
     )
     for t in targets:
         r = t.results
+        cpu = r[top]["cpu_ms"]
         print(
             f"{t.name:<22}"
             + "".join(f"{r[c]['rps']:>13.0f}{r[c]['p50']:>9.2f}{r[c]['p99']:>9.2f}" for c in conc)
+            + (f"{cpu:>12.3f}" if cpu is not None else f"{'-':>12}")
         )
         bad = [
             f"c={c}: {r[c]['bad']} non-2xx {r[c]['errors']}"
@@ -283,13 +315,17 @@ def ratios(label: str, a: Target, b: Target, conc: list[int]) -> None:
     p50 = ra[conc[0]]["p50"] - rb[conc[0]]["p50"]
     ttfb = ra["paced"]["ttfb"] - rb["paced"]["ttfb"]
     chunk = (ra["burst"]["total"] - rb["burst"]["total"]) / STREAM_WORDS * 1000
+    top = conc[-1]
+    cpu = ""
+    if ra[top]["cpu_ms"] and rb[top]["cpu_ms"]:
+        cpu = f"   CPU/req c={top}: {ra[top]['cpu_ms'] / rb[top]['cpu_ms']:.2f}x"
     print(
         f"  {label:<28} req/s {cells}   p50 c={conc[0]} {p50:+.2f} ms   "
-        f"TTFB {ttfb:+.2f} ms   per chunk {chunk:+.1f} µs"
+        f"TTFB {ttfb:+.2f} ms   per chunk {chunk:+.1f} µs{cpu}"
     )
 
 
-SECTIONS = ("throughput", "tokens", "memory", "burst")
+SECTIONS = ("throughput", "tokens", "memory", "burst", "outbox")
 
 
 def main() -> None:
@@ -312,6 +348,9 @@ def main() -> None:
     )
     ap.add_argument("--streams", type=int, default=1000, help="burst: streams opened at once")
     ap.add_argument("--burst-seconds", type=float, default=60, help="burst: bound of each burst")
+    ap.add_argument(
+        "--outbox-events", type=int, default=1_000_000, help="outbox: requests recorded"
+    )
     args = ap.parse_args()
     sections = set(SECTIONS) if args.sections == "all" else set(args.sections.split(","))
     if sections - set(SECTIONS):
@@ -337,6 +376,8 @@ def main() -> None:
             stop()
     if "tokens" in sections:
         token_count_timings()
+    if "outbox" in sections:
+        targets += outbox_size(args.outbox_events)
     if targets:
         print("\nTargets (issue 11)")
         for name, figure, verdict in targets:
@@ -353,9 +394,10 @@ def throughput(args, upstreams: dict[str, str], stops: list) -> list[tuple[str, 
     stops.append(budgeted.stop)
     print(f"router started in {router.startup_seconds:.2f} s", file=sys.stderr)
     rurl = router.base_url.removesuffix("/v1")
-    bares = {}
+    bares, bare_pids = {}, {}
     for name, url in (("openai", ourl), ("anthropic", aurl)):
-        bares[name] = start_bare(url, stops)[1]
+        bare_pids[name], bares[name] = start_bare(url, stops)
+    patched_pid, patched_url = start_bare(ourl, stops, patched=True)
 
     chat = "/v1/chat/completions"
     okey = {"Authorization": f"Bearer {OPENAI_KEY}"}
@@ -363,14 +405,30 @@ def throughput(args, upstreams: dict[str, str], stops: list) -> list[tuple[str, 
     token = {"Authorization": f"Bearer {router.api_key}"}
     openai_rows = [
         Target("direct", ourl, chat, okey, chat_body("gpt-4o-mini")),
-        Target("bare mitmproxy", bares["openai"], chat, okey, chat_body("gpt-4o-mini")),
-        Target("iron router", rurl, chat, token, chat_body("gpt-4o-mini")),
+        Target(
+            "bare mitmproxy",
+            bares["openai"],
+            chat,
+            okey,
+            chat_body("gpt-4o-mini"),
+            pid=bare_pids["openai"],
+        ),
+        Target("iron router", rurl, chat, token, chat_body("gpt-4o-mini"), pid=router.pid),
         Target(
             "iron router+budget",
             budgeted.base_url.removesuffix("/v1"),
             chat,
             token,
             chat_body("gpt-4o-mini"),
+            pid=budgeted.pid,
+        ),
+        Target(  # a reference: what of the router's cost is its addons'
+            "bare, patched",
+            patched_url,
+            chat,
+            okey,
+            chat_body("gpt-4o-mini"),
+            pid=patched_pid,
         ),
     ]
     gateway_rows = [
@@ -381,9 +439,17 @@ def throughput(args, upstreams: dict[str, str], stops: list) -> list[tuple[str, 
             "/v1/messages",
             akey,
             messages_body("claude-x"),
+            pid=bare_pids["anthropic"],
         ),
-        Target("iron router native", rurl, "/v1/messages", token, messages_body("claude-x")),
-        Target("iron gateway", rurl, chat, token, chat_body("claude-x")),
+        Target(
+            "iron router native",
+            rurl,
+            "/v1/messages",
+            token,
+            messages_body("claude-x"),
+            pid=router.pid,
+        ),
+        Target("iron gateway", rurl, chat, token, chat_body("claude-x"), pid=router.pid),
     ]
     with tempfile.TemporaryDirectory() as tmpdir:
         for rows, kind in ((openai_rows, "openai"), (gateway_rows, "gateway")):
@@ -400,6 +466,7 @@ def throughput(args, upstreams: dict[str, str], stops: list) -> list[tuple[str, 
         ratios("router / bare", openai_rows[2], openai_rows[1], conc)
         ratios("router / direct", openai_rows[2], openai_rows[0], conc)
         ratios("router+budget / bare", openai_rows[3], openai_rows[1], conc)
+        ratios("router / bare, patched", openai_rows[2], openai_rows[4], conc)
         targets = throughput_targets(openai_rows, conc)
     if args.only in (None, "gateway"):
         ratios("gateway / bare", gateway_rows[3], gateway_rows[1], conc)
@@ -449,12 +516,14 @@ def throughput_targets(rows: list[Target], conc: list[int]) -> list[tuple[str, s
     return out
 
 
-def start_bare(upstream: str, stops: list) -> tuple[int, str]:
-    """Bare mitmproxy (the router's lean master without the iron addons) in reverse mode in
-    front of ``upstream``: its pid and URL."""
+def start_bare(upstream: str, stops: list, patched: bool = False) -> tuple[int, str]:
+    """Bare mitmproxy (the router's master without the iron addons, mitmproxy's code as it
+    comes; with ``patched``, with the router process's changes to mitmproxy) in reverse mode
+    in front of ``upstream``: its pid and URL."""
     proc, info = start_proxy_process(
         {"mode": [f"reverse:{upstream}"], "listen_host": "127.0.0.1", "listen_port": 0},
         bare=True,
+        patched=patched,
     )
     stops.append(lambda: stop_proxy_process(proc))
     return info["pid"], f"http://127.0.0.1:{info['port']}"
@@ -759,6 +828,55 @@ def listen_backlog(url: str) -> str:
     out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
     fields = out.stdout.split()
     return fields[2] if len(fields) > 2 else "?"
+
+
+# -- outbox ----------------------------------------------------------------------------------
+
+RETENTION_DAYS = 7  # the router's default (iron_retention_days)
+OUTBOX_DAYS = 30  # simulated days the recorded requests span
+BOUNDED_GROWTH = 1.10  # the last half of the run may grow the file by this much at most
+
+
+def outbox_size(events: int) -> list[tuple[str, str, str]]:
+    """``scripts/bench_outbox.py``: ``events`` requests over 30 simulated days, recorded
+    without a control server, in an outbox with the default 7-day retention and in one that
+    keeps everything. Bounded means the retained file stops growing once the retention is
+    full: over the last half of the run (15 days, past the first 7) it grows by at most
+    ``BOUNDED_GROWTH``, and its ``stats`` totals equal those of the outbox that kept all."""
+    print(f"\nOutbox: size after {events:,} requests (scripts/bench_outbox.py)", flush=True)
+    script = Path(__file__).resolve().parent / "bench_outbox.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--events", str(events), "--days", str(OUTBOX_DAYS)]
+        + ["--retention-days", str(RETENTION_DAYS), "--max-seconds", "900"],
+        capture_output=True,
+        text=True,
+        timeout=1000,
+    )
+    print(out.stdout, end="")
+    progress = [
+        (int(m.group(1).replace(",", "")), float(m.group(2)), float(m.group(3)))
+        for m in re.finditer(r"^\s*([\d,]+)\s+([\d.,]+) MB\s+([\d.,]+) MB\s*$", out.stdout, re.M)
+    ]
+    final = re.search(
+        rf"retention {RETENTION_DAYS} d\s+([\d.,]+) MB\s+\d+\s+[\d,]+\s+[\d,]+\s+[\d,]+\s+(\w+)",
+        out.stdout,
+    )
+    whole = re.search(r"no retention\s+([\d.,]+) MB", out.stdout)
+    if out.returncode not in (0, 1) or not progress or not final or not whole:
+        return [(f"outbox after {events:,} requests", "the run failed", "NOT met")]
+    written = progress[-1][0]
+    half = min(progress, key=lambda p: abs(p[0] - written / 2))
+    growth = progress[-1][2] / max(half[2], 1e-9)
+    size = float(final.group(1).replace(",", ""))
+    bounded = growth <= BOUNDED_GROWTH and final.group(2) == "same" and written == events
+    return [
+        (
+            f"outbox after {written:,} requests, {RETENTION_DAYS}-day retention",
+            f"{size:.1f} MB (all kept: {whole.group(1)} MB); "
+            f"last half x{growth:.2f} (<= {BOUNDED_GROWTH:.2f})",
+            "met" if bounded else "NOT met",
+        )
+    ]
 
 
 def _stats(values: list[float]) -> dict[str, float]:
