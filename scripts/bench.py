@@ -15,7 +15,9 @@ requests are timed by this script, one at a time: time to first byte on answers 
 chunks come 5 ms apart (the first chunk is alone on the wire), and the per-chunk cost on
 200-chunk answers sent at once; the CPU time each proxy process spends per request (from
 ``/proc``, at the highest concurrency), a figure less shaken by a busy machine than req/s.
-Figures are printed with the ratios router/bare and
+With two CPUs or more, the emulators, wrk and this script run on all but the last CPU and
+each proxy alone on the last one (``--no-pin``: no pinning); proxies are measured one at a
+time. Figures are printed with the ratios router/bare and
 router/direct; nothing is asserted, since this machine is shared and noisy. Every run is
 bounded by ``--duration`` seconds.
 
@@ -90,6 +92,30 @@ def chat_body(model: str) -> dict:
 
 def messages_body(model: str) -> dict:
     return {**chat_body(model), "max_tokens": 100}
+
+
+PROXY_CPUS: set[int] = set()  # where each proxy runs when pinned (see ``pin_load``)
+
+
+def pin_load() -> None:
+    """With two CPUs or more: this script, and so the emulators and wrk it starts, on all
+    but the last; each proxy, measured one at a time, alone on the last (``pin_proxy``)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return
+    PROXY_CPUS.add(cpus[-1])
+    os.sched_setaffinity(0, set(cpus[:-1]))
+
+
+def pin_proxy(pid: int) -> None:
+    """Every thread of a proxy process on the proxy CPU (threads it starts later follow)."""
+    if not PROXY_CPUS:
+        return
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(task), PROXY_CPUS)
+        except ProcessLookupError:
+            pass
 
 
 def start_emulator(provider: str, key: str) -> tuple[subprocess.Popen, str]:
@@ -348,6 +374,7 @@ def main() -> None:
     )
     ap.add_argument("--streams", type=int, default=1000, help="burst: streams opened at once")
     ap.add_argument("--burst-seconds", type=float, default=60, help="burst: bound of each burst")
+    ap.add_argument("--no-pin", action="store_true", help="leave every process on every CPU")
     ap.add_argument(
         "--outbox-events", type=int, default=1_000_000, help="outbox: requests recorded"
     )
@@ -358,6 +385,8 @@ def main() -> None:
     if sections & {"throughput", "memory"} and not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     os.environ.setdefault("IRON_STATE_DIR", tempfile.mkdtemp(prefix="iron-bench-"))
+    if not args.no_pin:
+        pin_load()
 
     stops: list = []
     targets: list[tuple[str, str, str]] = []  # (target, figure, verdict)
@@ -398,6 +427,8 @@ def throughput(args, upstreams: dict[str, str], stops: list) -> list[tuple[str, 
     for name, url in (("openai", ourl), ("anthropic", aurl)):
         bare_pids[name], bares[name] = start_bare(url, stops)
     patched_pid, patched_url = start_bare(ourl, stops, patched=True)
+    for pid in (router.pid, budgeted.pid, patched_pid, *bare_pids.values()):
+        pin_proxy(pid)
 
     chat = "/v1/chat/completions"
     okey = {"Authorization": f"Bearer {OPENAI_KEY}"}
@@ -606,6 +637,8 @@ def memory_and_burst(
         "bare mitmproxy": (bare_pid, bare_url, {"Authorization": f"Bearer {OPENAI_KEY}"}),
     }
     time.sleep(1.0)  # let start-up settle (a budget's vocabulary warm-up, say)
+    for pid, _, _ in procs.values():
+        pin_proxy(pid)
     start_rss = {name: rss_mb(pid)[0] for name, (pid, _, _) in procs.items()}
     targets: list[tuple[str, str, str]] = []
 
@@ -655,6 +688,7 @@ def memory_and_burst(
             "messages": [{"role": "user", "content": " ".join(["word"] * 20)}],
         }
         control_pid, control = start_router_with_backlog(CONTROL_BACKLOG, upstreams, stops)
+        pin_proxy(control_pid)
         rows = [
             ("router", procs["router"]),
             (f"router, backlog {CONTROL_BACKLOG}", (control_pid, control, token)),

@@ -83,3 +83,26 @@ def test_the_writer_checkpoints_and_empties_the_log_of_the_loops_commits(tmp_pat
     assert writer["loop_commits"] == 30 and writer["committed"] == 30
     assert rec.outbox.wal_size() < 64 * 1024  # emptied by the last checkpoint, 10 commits ago
     rec.stop(0)
+
+
+def test_commits_return_to_the_loop_as_soon_as_the_writers_checkpoint_ends(tmp_path):
+    rec = Recorder()
+    rec.open(tmp_path)
+
+    async def main() -> None:
+        rec.start("", "", 5.0)
+        await rec.record(event(1))  # on the loop
+        rec._loop_after = float("inf")  # as after a commit the checkpoint's lock refused
+        await asyncio.wait_for(rec.record(event(2)), 5)  # so this one goes to the writer
+        assert rec.stats()["outbox"]["writer"]["loop_commits"] == 1
+        rec.writer.request_checkpoint()
+        for _ in range(250):
+            if rec.stats()["outbox"]["writer"]["checkpoints"] == 1:
+                break
+            await asyncio.sleep(0.02)
+        await rec.record(event(3))  # the checkpoint has ended: back on the loop
+        assert rec.stats()["outbox"]["writer"]["loop_commits"] == 2
+
+    asyncio.run(main())
+    assert stored(tmp_path / "analytics.sqlite3") == 3
+    rec.stop(0)

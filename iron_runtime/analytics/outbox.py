@@ -27,6 +27,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -453,6 +454,7 @@ class OutboxWriter:
         self._failing = False  # the last commit failed: nobody waits for the next one
         self._checkpoint = False  # a checkpoint was asked for (commits made on the loop)
         self.checkpoints = 0
+        self.on_checkpoint: Callable[[], None] | None = None  # after each checkpoint, here
         self._thread = threading.Thread(target=self._run, name="iron-outbox", daemon=True)
         self._thread.start()
 
@@ -564,6 +566,8 @@ class OutboxWriter:
             self.checkpoints += 1
         except Exception as e:  # noqa: BLE001 - a busy or failing file: the next one will do
             self.last_error = f"checkpoint: {type(e).__name__}: {e}"
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
     def _prune(self) -> None:
         """One chunk of ``outbox.prune()`` when one is due; the next right away while the

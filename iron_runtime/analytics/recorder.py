@@ -10,7 +10,7 @@ commit after that restarts the log, which syncs its header: one file sync on the
 4 MB of events. When a commit on the loop fails (the writer thread or another process holds
 the lock, the disk is full, a row is refused), its events go to the writer thread, which
 commits, retries and repairs them as below, and the loop tries again after
-``LOOP_RETRY_AFTER`` seconds.
+``LOOP_RETRY_AFTER`` seconds, or as soon as the writer's checkpoint that held the lock ends.
 
 A response waits for its event's commit at most ``COMMIT_WAIT`` seconds, and not at all once a
 commit has failed: a disk that is full, slow or locked by another process delays answers by
@@ -66,7 +66,14 @@ class Recorder:
             return
         self.outbox = Outbox(folder / OUTBOX_FILE, retention_s, keep_pending)
         self.writer = OutboxWriter(self.outbox, on_commit=self._committed)
+        self.writer.on_checkpoint = self._checkpoint_ended
         self._conn = self.outbox.loop_connection()
+
+    def _checkpoint_ended(self) -> None:
+        """On the writer thread: the lock the checkpoint held is free, and commits on the
+        loop resume at once rather than ``LOOP_RETRY_AFTER`` after the one it refused (a
+        float store, atomic across threads)."""
+        self._loop_after = 0.0
 
     def start(self, server_url: str, ic_token: str, interval: float) -> None:
         """On the event loop, once running: the sync worker, when there is a server."""
