@@ -128,7 +128,7 @@ async def serve(
     """Run the proxy until stopped. ``bare`` leaves the iron addons out (for benchmarks) and,
     unless ``patched``, the router's changes to mitmproxy (lean imports, dispatch table)."""
     patched = not bare if patched is None else patched
-    if patched:  # before mitmproxy is imported: only the four addons used here (addons/lean.py)
+    if patched:  # before mitmproxy is imported: only the addons used here (addons/lean.py)
         from iron_runtime.addons import lean
 
         lean.import_addons_on_demand()

@@ -63,6 +63,20 @@ class Odd(Recording):
         self.calls.append(f"{self.name}.client_connected")
 
 
+class LookupFails(Recording):
+    armed = False  # registering looks every attribute up (for commands): armed after that
+
+    @property
+    def request(self) -> Any:  # looking the handler up raises, each time
+        if not self.armed:
+            return None
+        self.calls.append(f"{self.name}.request looked up")
+        raise RuntimeError("lookup boom")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.calls.append(f"{self.name}.response")
+
+
 class Updating(Recording):
     def update(self, flows: list) -> None:
         self.calls.append(f"{self.name}.update({len(flows)})")
@@ -80,6 +94,7 @@ def chain(calls: list[str], with_update: bool) -> list[Any]:
         Group("g1", Failing("b", calls), Plain("c", calls)),  # c never runs after b fails
         Group("g2", Plain("d", calls), Group("g3", Plain("e", calls))),
         Odd("f", calls),
+        Group("g4", LookupFails("l", calls), Plain("m", calls)),  # m.request never runs
         Halting("h", calls),
         Plain("i", calls),  # after h's AddonHalt, no response for i
     ]
@@ -93,14 +108,23 @@ async def run_scenario(patched: bool, with_update: bool, caplog: Any) -> tuple[l
     master = Master(Options(), event_loop=asyncio.get_running_loop())
     calls: list[str] = []
     master.addons.add(*chain(calls, with_update))
+    LookupFails.armed = True
     if patched:
         dispatch.install(master.addons)
     f = tflow.tflow(resp=True)
     client = f.client_conn
+    try:
+        return await dispatch_all(master, f, client, calls, caplog)
+    finally:
+        LookupFails.armed = False
+
+
+async def dispatch_all(master: Master, f: Any, client: Any, calls: list, caplog: Any) -> tuple:
     for event in (
         server_hooks.ClientConnectedHook(client),
         http_layer.HttpRequestHeadersHook(f),
         http_layer.HttpRequestHook(f),
+        http_layer.HttpRequestHook(f),  # twice: a failed look-up is tried again
         http_layer.HttpResponseHeadersHook(f),
         http_layer.HttpResponseHook(f),
         http_layer.HttpErrorHook(f),
@@ -123,15 +147,23 @@ def test_patched_dispatch_calls_what_mitmproxy_calls(caplog, with_update) -> Non
         )
 
     (calls, errors), (patched_calls, patched_errors) = asyncio.run(both())
-    assert patched_calls == calls
+
+    def handled(log: list[str]) -> list[str]:  # look-ups come first in a table: not ordered
+        return [c for c in log if not c.endswith("looked up")]
+
+    assert handled(patched_calls) == handled(calls)
+    assert patched_calls.count("l.request looked up") == calls.count("l.request looked up")
     assert patched_errors == errors
     # and the scenario exercises what it claims
     assert "c.request" not in calls and "b.request" in calls and "d.request" in calls
     assert "h.response" in calls and "i.response" not in calls
     assert "Addon error: boom in request" in errors
+    assert "Addon error: lookup boom" in errors and "m.request" not in calls
+    assert calls.count("l.request looked up") == 2
+    assert "l.response" in calls and "m.response" in calls
     assert any("not callable" in e for e in errors)
     if with_update:
-        assert calls.count("u.update(1)") == 5  # after each flow event, not the client's
+        assert calls.count("u.update(1)") == 6  # after each flow event, not the client's
 
 
 def test_options_error_propagates_as_in_mitmproxy() -> None:

@@ -82,3 +82,47 @@ def test_no_requests_or_tiktoken_until_needed() -> None:
         """
     )
     assert out == "(False, False) True True"
+
+
+def test_first_use_from_many_threads_at_once_finds_the_package() -> None:
+    out = run(
+        """
+        import threading
+        from iron_runtime.addons import lean
+        lean.import_addons_on_demand()
+        import mitmproxy.addons as addons
+        results = []
+        def use():
+            try:
+                results.append(callable(addons.default_addons))
+            except Exception as e:
+                results.append(repr(e))
+        threads = [threading.Thread(target=use) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        print(results.count(True), len(results))
+        """
+    )
+    assert out == "8 8"
+
+
+def test_a_failing_package_init_fails_the_same_way_each_time() -> None:
+    out = run(
+        """
+        import sys
+        from iron_runtime.addons import lean
+        lean.import_addons_on_demand()
+        sys.modules["flask"] = None  # the onboarding addon's import fails
+        import mitmproxy.addons as addons
+        errors = []
+        for _ in range(2):
+            try:
+                addons.default_addons
+            except Exception as e:
+                errors.append(type(e).__name__)
+        print(errors, hasattr(addons, "no.such"))
+        """
+    )
+    assert out == "['ModuleNotFoundError', 'ModuleNotFoundError'] False"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 from iron_runtime.analytics import LlmRequestCompleted
 from iron_runtime.analytics import recorder as recorder_module
@@ -13,6 +14,15 @@ from iron_runtime.analytics.recorder import Recorder
 
 def event(i: int) -> LlmRequestCompleted:
     return LlmRequestCompleted(model="gpt-4o", provider="openai", request_id=f"r{i}")
+
+
+def writer_settled(rec: Recorder) -> None:
+    """Wait (bounded) until the writer's first prune, which it runs as it starts and which
+    holds the file's lock, has ended: a commit on the loop meanwhile would be refused."""
+    deadline = time.monotonic() + 5
+    while rec.writer._next_prune == 0.0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert rec.writer._next_prune > 0.0
 
 
 def stored(path) -> int:
@@ -26,6 +36,7 @@ def test_one_turns_events_are_committed_together_before_their_futures_resolve(tm
 
     async def main() -> None:
         rec.start("", "", 5.0)
+        writer_settled(rec)
         futures = [rec.record(event(i)) for i in range(5)]  # one turn of the loop
         assert stored(tmp_path / "analytics.sqlite3") == 0 and not any(f.done() for f in futures)
         await asyncio.gather(*futures)
@@ -69,6 +80,7 @@ def test_the_writer_checkpoints_and_empties_the_log_of_the_loops_commits(tmp_pat
 
     async def main() -> None:
         rec.start("", "", 5.0)
+        writer_settled(rec)
         for n in range(1, 4):
             for i in range(10):
                 await rec.record(event(10 * n + i))  # a turn, and a commit, each
@@ -91,6 +103,7 @@ def test_commits_return_to_the_loop_as_soon_as_the_writers_checkpoint_ends(tmp_p
 
     async def main() -> None:
         rec.start("", "", 5.0)
+        writer_settled(rec)
         await rec.record(event(1))  # on the loop
         rec._loop_after = float("inf")  # as after a commit the checkpoint's lock refused
         await asyncio.wait_for(rec.record(event(2)), 5)  # so this one goes to the writer

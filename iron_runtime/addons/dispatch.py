@@ -10,8 +10,11 @@ up at the event's first occurrence, grouped by chain entry. They are called with
 mitmproxy's own rules: in chain order, an awaitable awaited before the next handler runs,
 an exception logged as mitmproxy logs it ("Addon error: ...") and the rest of that chain
 entry skipped, ``AddonHalt`` ending the event, ``OptionsError`` raised. Adding, removing
-or clearing addons empties the table. ``mitmdump -s`` and ``mitmweb -s``, whose script
-addons can reload, keep mitmproxy's own dispatch.
+or clearing addons empties the table. What the table cannot see, and the router process
+never does: a handler set on an addon after its event first ran, a child added to an
+addon's ``addons`` list in place, an addon added by a handler of the event under way (it
+gets the next events). ``mitmdump -s`` and ``mitmweb -s``, whose script addons can reload,
+keep mitmproxy's own dispatch.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ def hook_args(hook: hooks.Hook) -> list[Any]:
     return [getattr(hook, n) for n in names]
 
 
-def _not_callable(name: str, addon: Any) -> Callable[..., Any]:
+def _raising(error: Exception) -> Callable[..., Any]:
     def fail(*_: Any) -> None:
-        raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")
+        raise error
 
     return fail
 
@@ -62,22 +65,37 @@ class HookTable:
     def handlers(self, name: str) -> Handlers:
         found = self._handlers.get(name)
         if found is None:
-            found = self._handlers[name] = self._lookup(name)
+            found, settled = self._lookup(name)
+            if settled:
+                self._handlers[name] = found
         return found
 
-    def _lookup(self, name: str) -> Handlers:
-        """What ``AddonManager._iter_hooks`` finds for ``name``, for each chain entry."""
+    def _lookup(self, name: str) -> tuple[Handlers, bool]:
+        """What ``AddonManager._iter_hooks`` finds for ``name``, for each chain entry, and
+        whether it may be kept (not when looking a handler up raised: mitmproxy logs that
+        error each time and looks again next time, and so does this)."""
         per_entry = []
+        settled = True
         for entry in self.manager.chain:
             funcs = []
-            for addon in traverse([entry]):
-                func = getattr(addon, name, None)
-                if not func or isinstance(func, types.ModuleType):
-                    continue  # a module imported under a hook's name is not a handler
-                funcs.append(func if callable(func) else _not_callable(name, addon))
+            try:
+                for addon in traverse([entry]):
+                    func = getattr(addon, name, None)
+                    if not func or isinstance(func, types.ModuleType):
+                        continue  # a module imported under a hook's name is not a handler
+                    if not callable(func):
+                        func = _raising(
+                            exceptions.AddonManagerError(
+                                f"Addon handler {name} ({addon}) not callable"
+                            )
+                        )
+                    funcs.append(func)
+            except Exception as e:  # a property that raises, say: the rest of this entry
+                funcs.append(_raising(e))
+                settled = False
             if funcs:
                 per_entry.append(tuple(funcs))
-        return tuple(per_entry)
+        return tuple(per_entry), settled
 
     async def trigger_event(self, event: hooks.Hook) -> None:
         handlers = self.handlers(event.name)

@@ -8,7 +8,9 @@ without disabling ``assert`` or needing bytecode compiled for ``-O``.
 
 Importing any one of mitmproxy's addons runs ``mitmproxy/addons/__init__.py``, which imports
 all thirty-odd of them, and with them Flask and Jinja (the onboarding app), ldap3 and pyasn1
-(proxy authentication), click and more: about 13 MB of a process that uses four of them.
+(proxy authentication), click and more: about 13 MB of a process that uses five of them
+(``core``, ``next_layer``, ``proxyserver`` and ``tlsconfig``, and ``termlog``, which
+mitmproxy's master imports).
 ``import_addons_on_demand()``, called in the router process before mitmproxy is imported,
 registers that package without running its ``__init__``: each addon module is imported when
 something imports it, and the first look-up of anything else the package defines (such as
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 import types
 from typing import Any
 
@@ -38,19 +41,35 @@ def install() -> None:
         setattr(http.MessageData, "__post_init__", _unchecked)  # noqa: B010 - a patch
 
 
+_init_lock = threading.RLock()
+
+
 class _OnDemand(types.ModuleType):
     """``mitmproxy.addons`` before its ``__init__`` has run (see the module docstring)."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or self.__dict__.get("_initialised"):
+        if name.startswith("__") or "." in name:
             raise AttributeError(name)
-        if importlib.util.find_spec(f"{PACKAGE}.{name}") is not None:
+        try:
+            submodule = importlib.util.find_spec(f"{PACKAGE}.{name}") is not None
+        except (ImportError, ValueError):
+            submodule = False
+        if submodule:
             return importlib.import_module(f"{PACKAGE}.{name}")  # an addon module: just it
-        self.__dict__["_initialised"] = True
-        spec = self.__spec__
-        assert spec is not None and spec.loader is not None
-        spec.loader.exec_module(self)  # the package's own __init__, in this module
-        return getattr(self, name)
+        with _init_lock:  # one thread runs the __init__; the others wait for it
+            if not self.__dict__.get("_initialised"):
+                self.__dict__["_initialised"] = True
+                spec = self.__spec__
+                assert spec is not None and spec.loader is not None
+                try:
+                    spec.loader.exec_module(self)  # the package's own __init__, in here
+                except BaseException:
+                    self.__dict__["_initialised"] = False  # the next look-up meets it again
+                    raise
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r}") from None
 
 
 def import_addons_on_demand() -> bool:

@@ -561,13 +561,15 @@ class OutboxWriter:
             self._cond.notify()
 
     def _run_checkpoint(self) -> None:
+        done = False
         try:
             self.outbox.checkpoint()
-            self.checkpoints += 1
+            done = True
         except Exception as e:  # noqa: BLE001 - a busy or failing file: the next one will do
             self.last_error = f"checkpoint: {type(e).__name__}: {e}"
         if self.on_checkpoint is not None:
             self.on_checkpoint()
+        self.checkpoints += done  # counted once the lock it held is released and said so
 
     def _prune(self) -> None:
         """One chunk of ``outbox.prune()`` when one is due; the next right away while the
