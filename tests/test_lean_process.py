@@ -1,6 +1,7 @@
-"""What the router process imports: only the mitmproxy addon modules it uses (the rest of the
-package still there on first use), no ``requests`` without a control server and no
-``tiktoken`` before a vocabulary is built. Each check runs in a fresh interpreter."""
+"""What the router process holds: only the mitmproxy addon modules it uses (the rest of the
+package still there on first use), no ``requests`` without a control server, no
+``tiktoken`` before a vocabulary is built, and what start-up made frozen out of the garbage
+collector's reach. Each check runs in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -126,3 +127,30 @@ def test_a_failing_package_init_fails_the_same_way_each_time() -> None:
         """
     )
     assert out == "['ModuleNotFoundError', 'ModuleNotFoundError'] False"
+
+
+def test_the_router_freezes_what_start_up_made_before_it_says_ready() -> None:
+    out = run(
+        """
+        import asyncio, gc, io, json
+        from iron_runtime.proxy_process import Lifecycle
+
+        class Servers:
+            def listen_addrs(self):
+                return [("127.0.0.1", 4321)]
+
+        def ready(freeze):
+            said = io.StringIO()
+            life = Lifecycle(None, Servers(), said, freeze=freeze)
+            life._watch_stdin = life._watch_parent = lambda loop: None
+            before = gc.get_freeze_count()
+            asyncio.run(life.running())
+            return json.loads(said.getvalue())["port"], before, gc.get_freeze_count()
+
+        port, before, after = ready(False)
+        print(port, before, after)
+        port, before, after = ready(True)
+        print(port, before == 0, after > 10_000)
+        """
+    )
+    assert out.splitlines() == ["4321 0 0", "4321 True True"]
