@@ -42,9 +42,12 @@ Sections (``--sections``, comma-separated; default ``throughput,tokens``, ``all`
   outbox      the analytics outbox's file after ``--outbox-events`` requests over 30
               simulated days (``scripts/bench_outbox.py``), with the default 7-day retention
               and kept whole; target: bounded (no growth once the retention is full)
+The throughput section then runs the router with and without a budget in turn, ten 3 s runs
+each at c=10 (``--pair-rounds``): the budget's cost is a few percent, and the table's short
+rounds cannot tell that from the noise of a shared machine.
 The run ends with a summary of each target (throughput: router/bare req/s at c=10 >= 0.80,
-added p50 at c=1 <= +0.3 ms, a budget within 5 %; memory; burst; outbox) and the figure
-reached.
+added p50 at c=1 <= +0.3 ms, a budget within 5 % (from the paired runs); memory; burst;
+outbox) and the figure reached.
 """
 
 from __future__ import annotations
@@ -300,6 +303,36 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def measure_pair(router: Target, budgeted: Target, rounds: int, duration: float, tmp: Path):
+    """The router with and without a budget, taking turns at concurrency 10 for ``rounds``
+    runs each (the table's few short rounds cannot tell 5 % from this machine's noise): the
+    medians of req/s and CPU per request, kept in ``router.results["pair"]``."""
+    runs: dict[str, list[dict]] = {"plain": [], "budget": []}
+    for _ in range(rounds):
+        for key, t in (("plain", router), ("budget", budgeted)):
+            before = cpu_seconds(t.pid)
+            r = wrk(t, 10, duration, tmp)
+            r["cpu_ms"] = 1000 * (cpu_seconds(t.pid) - before) / max(r["requests"], 1)
+            runs[key].append(r)
+
+    def median(key: str, field: str) -> float:
+        return statistics.median(r[field] for r in runs[key])
+
+    pair = {
+        "rounds": rounds,
+        "rps": median("plain", "rps"),
+        "cpu_ms": median("plain", "cpu_ms"),
+        "budget_rps": median("budget", "rps"),
+        "budget_cpu_ms": median("budget", "cpu_ms"),
+    }
+    router.results["pair"] = pair
+    print(
+        f"\nRouter without / with a budget, {rounds} paired runs of {duration:.0f} s at c=10: "
+        f"req/s {pair['rps']:.0f} / {pair['budget_rps']:.0f}, "
+        f"CPU ms/req {pair['cpu_ms']:.3f} / {pair['budget_cpu_ms']:.3f}"
+    )
+
+
 def report(title: str, targets: list[Target], conc: list[int], duration: float) -> None:
     top = conc[-1]
     print(f"\n{title}: non-streamed, wrk -t1, median of rounds of {duration:.0f} s per cell")
@@ -375,6 +408,12 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=1000, help="burst: streams opened at once")
     ap.add_argument("--burst-seconds", type=float, default=60, help="burst: bound of each burst")
     ap.add_argument("--no-pin", action="store_true", help="leave every process on every CPU")
+    ap.add_argument(
+        "--pair-rounds",
+        type=int,
+        default=10,
+        help="throughput: paired 3 s runs of the router with and without a budget (0: none)",
+    )
     ap.add_argument(
         "--outbox-events", type=int, default=1_000_000, help="outbox: requests recorded"
     )
@@ -486,6 +525,8 @@ def throughput(args, upstreams: dict[str, str], stops: list) -> list[tuple[str, 
         for rows, kind in ((openai_rows, "openai"), (gateway_rows, "gateway")):
             if args.only in (None, kind):
                 measure(rows, conc, args, Path(tmpdir))
+        if args.only in (None, "openai") and 10 in conc and args.pair_rounds:
+            measure_pair(openai_rows[2], openai_rows[3], args.pair_rounds, 3.0, Path(tmpdir))
 
     if args.only in (None, "openai"):
         report("OpenAI", openai_rows, conc, args.duration)
@@ -526,11 +567,19 @@ def throughput_targets(rows: list[Target], conc: list[int]) -> list[tuple[str, s
                     "met" if ratio >= RPS_TARGET else "NOT met",
                 )
             )
-        within = budgeted[10]["rps"] / router[10]["rps"]
+        pair = rows[2].results.get("pair")
+        if pair is not None:  # the long paired runs: a 5 % difference is within reach
+            within = pair["budget_rps"] / pair["rps"]
+            cpu = pair["budget_cpu_ms"] / pair["cpu_ms"]
+            figure = f"{within:.2f} (target >= {1 - BUDGET_WITHIN:.2f}); CPU/req {cpu:.2f}x"
+            source = f" ({pair['rounds']} paired runs)"
+        else:
+            within = budgeted[10]["rps"] / router[10]["rps"]
+            figure, source = f"{within:.2f} (target >= {1 - BUDGET_WITHIN:.2f})", ""
         out.append(
             (
-                "req/s at c=10, router+budget / router",
-                f"{within:.2f} (target >= {1 - BUDGET_WITHIN:.2f})",
+                f"req/s at c=10, router+budget / router{source}",
+                figure,
                 "met" if within >= 1 - BUDGET_WITHIN else "NOT met",
             )
         )
