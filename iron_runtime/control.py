@@ -54,6 +54,7 @@ class ControlServer:
         self.ic_token = ic_token
         self.timeout = timeout
         self.session = requests.Session()
+        self._network_error = requests.RequestException
 
     def post(
         self, path: str, body: dict[str, Any], auth: bool = False, timeout: float | None = None
@@ -61,13 +62,11 @@ class ControlServer:
         headers = {"authorization": f"Bearer {self.ic_token}"} if auth else {}
         # requests' connection pool is thread-safe: a slow call on the worker thread must not
         # hold up the lease return at shutdown
-        import requests
-
         try:
             return self.session.post(
                 self.url + path, json=body, headers=headers, timeout=timeout or self.timeout
             )
-        except requests.RequestException as e:
+        except self._network_error as e:
             raise Unreachable(type(e).__name__) from None
 
     def close(self) -> None:

@@ -106,7 +106,8 @@ def start_proxy_process(
 
     ``bare`` starts the same master without the iron addons, mitmproxy as it comes (the
     benchmark's baseline); with ``patched`` too, it has the router process's own changes to
-    mitmproxy (``addons/lean.py``, ``addons/dispatch.py``) but still no iron addon.
+    mitmproxy and its garbage collector (``addons/lean.py``, ``addons/dispatch.py``,
+    ``proxy_process.freeze_heap``) but still no iron addon.
     Stop it with ``stop_proxy_process``.
     """
     flags = (["--bare"] + (["--patched"] if patched else [])) if bare else []

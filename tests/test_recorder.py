@@ -25,6 +25,15 @@ def writer_settled(rec: Recorder) -> None:
     assert rec.writer._next_prune > 0.0
 
 
+async def checkpoints_reach(rec: Recorder, n: int) -> None:
+    """Wait (bounded) until the writer has run ``n`` checkpoints."""
+    for _ in range(250):
+        if rec.stats()["outbox"]["writer"]["checkpoints"] == n:
+            break
+        await asyncio.sleep(0.02)
+    assert rec.stats()["outbox"]["writer"]["checkpoints"] == n
+
+
 def stored(path) -> int:
     with sqlite3.connect(path) as db:
         return db.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -84,11 +93,7 @@ def test_the_writer_checkpoints_and_empties_the_log_of_the_loops_commits(tmp_pat
         for n in range(1, 4):
             for i in range(10):
                 await rec.record(event(10 * n + i))  # a turn, and a commit, each
-            for _ in range(250):  # the writer thread runs the checkpoint asked for
-                if rec.stats()["outbox"]["writer"]["checkpoints"] == n:
-                    break
-                await asyncio.sleep(0.02)
-            assert rec.stats()["outbox"]["writer"]["checkpoints"] == n
+            await checkpoints_reach(rec, n)  # the writer thread runs the one asked for
 
     asyncio.run(main())
     writer = rec.stats()["outbox"]["writer"]
@@ -109,10 +114,7 @@ def test_commits_return_to_the_loop_as_soon_as_the_writers_checkpoint_ends(tmp_p
         await asyncio.wait_for(rec.record(event(2)), 5)  # so this one goes to the writer
         assert rec.stats()["outbox"]["writer"]["loop_commits"] == 1
         rec.writer.request_checkpoint()
-        for _ in range(250):
-            if rec.stats()["outbox"]["writer"]["checkpoints"] == 1:
-                break
-            await asyncio.sleep(0.02)
+        await checkpoints_reach(rec, 1)
         await rec.record(event(3))  # the checkpoint has ended: back on the loop
         assert rec.stats()["outbox"]["writer"]["loop_commits"] == 2
 

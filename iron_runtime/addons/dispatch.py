@@ -97,11 +97,12 @@ class HookTable:
                 per_entry.append(tuple(funcs))
         return tuple(per_entry), settled
 
-    async def trigger_event(self, event: hooks.Hook) -> None:
+    async def trigger_event(self, event: hooks.Hook, args: list[Any] | None = None) -> None:
         handlers = self.handlers(event.name)
         if not handlers:
             return
-        args = hook_args(event)
+        if args is None:
+            args = hook_args(event)
         for funcs in handlers:
             try:
                 for func in funcs:
@@ -116,8 +117,9 @@ class HookTable:
                 logger.error(f"Addon error: {e}", exc_info=True)
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        message = hook_args(event)[0]
-        await self.trigger_event(event)
+        args = hook_args(event)
+        message = args[0]
+        await self.trigger_event(event, args)
         if isinstance(message, flow.Flow) and self.handlers(hooks.UpdateHook.name):
             await self.trigger_event(hooks.UpdateHook([message]))
 
